@@ -1,0 +1,5 @@
+"""Task models."""
+
+from kerapose.models.multiposenet import MultiPoseNet
+
+__all__ = ["MultiPoseNet"]

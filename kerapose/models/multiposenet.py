@@ -1,0 +1,140 @@
+"""MultiPoseNet (Kocabas et al. 2018): keypoint subnet + RetinaNet person subnet + PRN."""
+
+from __future__ import annotations
+
+import keras
+
+from kerapose.backbones.resnet import BACKBONE_LEVELS, resnet_backbone
+from kerapose.heads.keypoint_subnet import keypoint_subnet
+from kerapose.heads.prn import PRN_INPUT_HW, pose_residual_network
+from kerapose.heads.retinanet import NUM_ANCHORS, retinanet_head
+from kerapose.layers import SizeCheck
+from kerapose.necks.fpn import feature_pyramid
+from kerapose.skeleton import get_keypoint_set
+
+__all__ = ["MultiPoseNet", "MULTIPOSENET_BACKBONES", "KEYPOINT_STRIDE", "SIZE_MULTIPLE"]
+
+MULTIPOSENET_BACKBONES = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
+KEYPOINT_STRIDE = 4  # heatmaps and segmentation come out at stride 4
+SIZE_MULTIPLE = 32  # every FPN upsampling must land exactly: H and W multiples of C5's stride
+PERSON_LEVELS = (3, 4, 5, 6, 7)
+
+
+@keras.saving.register_keras_serializable(package="kerapose")
+class MultiPoseNet(keras.Model):
+    """MultiPoseNet as one Keras model.
+
+    Input: ``image`` RGB float 0..255, [B, H, W, 3] with H and W multiples of 32.
+    Outputs (a dict):
+
+    - ``heatmaps`` [B, H/4, W/4, K + 1]: K keypoint heatmaps and the person segmentation.
+    - ``heatmaps_k2`` .. ``heatmaps_k5``: intermediate supervision, same shape.
+    - ``person_logits`` [B, A, 1] and ``person_boxes`` [B, A, 4]: RetinaNet over P3..P7 with
+      9 anchors per location (order of :class:`kerapose.codecs.boxes.BoxCodec`).
+
+    The Pose Residual Network is a separate model, ``model.prn`` ([B, 56, 36, K] in and out),
+    because it runs on RoIs cropped from the heatmaps; it is saved with the model.
+
+    Args:
+        backbone: ``"resnet18"``, ``"resnet50"`` or ``"resnet101"``.
+        keypoint_set: keypoint set name (``kerapose.skeleton``); K comes from it.
+        num_keypoints: optional consistency check against the keypoint set.
+        input_shape: (H, W, 3); H and W may be None.
+        backbone_weights: path of a keras.applications-format weight file (ImageNet).
+        freeze_backbone: make the backbone non-trainable (the paper's person-subnet stage).
+        fpn_size: channels of both pyramids.
+        prn_hidden: hidden width of the PRN.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        keypoint_set: str = "coco17",
+        num_keypoints: int | None = None,
+        input_shape: tuple = (None, None, 3),
+        backbone_weights: str | None = None,
+        freeze_backbone: bool = False,
+        fpn_size: int = 256,
+        prn_hidden: int = 1024,
+        name: str = "multiposenet",
+        **kwargs,
+    ):
+        if backbone not in MULTIPOSENET_BACKBONES:
+            raise ValueError(
+                f"unknown MultiPoseNet backbone {backbone!r}; accepted: {', '.join(MULTIPOSENET_BACKBONES)}"
+            )
+        kps = get_keypoint_set(keypoint_set)
+        if num_keypoints is not None and num_keypoints != kps.num_keypoints:
+            raise ValueError(
+                f"num_keypoints={num_keypoints} does not match keypoint set {kps.name!r} "
+                f"({kps.num_keypoints} keypoints)"
+            )
+        input_shape = tuple(input_shape)
+        SizeCheck.validate_shape(input_shape, SIZE_MULTIPLE)
+        k = kps.num_keypoints
+
+        image = keras.Input(shape=input_shape, name="image")
+        checked = SizeCheck(SIZE_MULTIPLE, name="size_check")(image)
+        bb = resnet_backbone(MULTIPOSENET_BACKBONES[backbone], input_shape=input_shape, weights=backbone_weights,
+                             name="backbone")
+        feats = bb(checked)
+        channels = {lvl: int(bb.output[lvl].shape[-1]) for lvl in BACKBONE_LEVELS}
+        kfpn = feature_pyramid(channels, levels=(2, 3, 4, 5), feature_size=fpn_size, prefix="K", name="keypoint_fpn")
+        pfpn = feature_pyramid(channels, levels=(3, 4, 5), extra_levels=2, feature_size=fpn_size, prefix="P",
+                               name="person_fpn")
+        ksub = keypoint_subnet(k + 1, levels=(2, 3, 4, 5), feature_size=fpn_size, name="keypoint_subnet")
+        psub = retinanet_head(PERSON_LEVELS, num_classes=1, num_anchors=NUM_ANCHORS, feature_size=fpn_size,
+                              name="person_subnet")
+        kout = ksub(kfpn({c: feats[c] for c in ("C2", "C3", "C4", "C5")}))
+        pout = psub(pfpn({c: feats[c] for c in ("C3", "C4", "C5")}))
+        # Identity layers give the outputs stable top-level names for losses and export.
+        outputs = {key: keras.layers.Identity(name=key)(t) for key, t in {**kout, **pout}.items()}
+        super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
+
+        self.backbone_name = backbone
+        self.keypoint_set = kps
+        self.input_shape_config = input_shape
+        self.fpn_size = fpn_size
+        self.prn_hidden = prn_hidden
+        self.backbone = bb
+        self.prn = pose_residual_network(k, PRN_INPUT_HW, hidden=prn_hidden, name="prn")
+        self.freeze_backbone(freeze_backbone)
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.keypoint_set.num_keypoints
+
+    @property
+    def keypoint_model(self) -> keras.Model:
+        """image -> heatmaps (+ intermediate outputs): the paper's first training stage."""
+        return keras.Model(self.input, {k: v for k, v in self.output.items() if k.startswith("heatmaps")},
+                           name=f"{self.name}_keypoints")
+
+    @property
+    def person_model(self) -> keras.Model:
+        """image -> person_logits, person_boxes: the paper's second training stage."""
+        return keras.Model(self.input, {k: self.output[k] for k in ("person_logits", "person_boxes")},
+                           name=f"{self.name}_persons")
+
+    def freeze_backbone(self, frozen: bool = True) -> None:
+        self.backbone.trainable = not frozen
+        self._backbone_frozen = bool(frozen)
+
+    def get_config(self) -> dict:
+        return {
+            "backbone": self.backbone_name,
+            "keypoint_set": self.keypoint_set.name,
+            "input_shape": list(self.input_shape_config),
+            "freeze_backbone": self._backbone_frozen,
+            "fpn_size": self.fpn_size,
+            "prn_hidden": self.prn_hidden,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MultiPoseNet":
+        config = dict(config)
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+        return cls(**config)

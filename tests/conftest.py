@@ -1,0 +1,51 @@
+"""Shared test fixtures: where the real COCO data lives, and quiet TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest
+
+
+def _find_shared() -> Path | None:
+    env = os.environ.get("KERAPOSE_SHARED")
+    if env:
+        return Path(env)
+    for parent in Path(__file__).resolve().parents:
+        cand = parent / "shared"
+        if (cand / "data" / "coco-mini").is_dir():
+            return cand
+    return None
+
+
+SHARED = _find_shared()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if SHARED is None:
+        pytest.fail("../shared (coco-mini data) not found beside the checkout; set KERAPOSE_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def coco_mini_root(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco_val(coco_mini_root: Path):
+    from kerapose.data.coco import CocoKeypoints
+
+    return CocoKeypoints(str(coco_mini_root), "val2017")
+
+
+@pytest.fixture(scope="session")
+def coco_train(coco_mini_root: Path):
+    from kerapose.data.coco import CocoKeypoints
+
+    return CocoKeypoints(str(coco_mini_root), "train2017")

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from kerapose.skeleton import (
+    COCO17, OPENPOSE18, KeypointSet, coco17_to_openpose18, get_keypoint_set, openpose18_to_coco17,
+    register_keypoint_set,
+)
+
+
+def test_coco17_matches_official_category(coco_val):
+    cat = coco_val.coco.loadCats([1])[0]
+    assert list(COCO17.keypoints) == cat["keypoints"]
+    official = {tuple(sorted((a - 1, b - 1))) for a, b in cat["skeleton"]}
+    assert {tuple(sorted(l)) for l in COCO17.limbs} == official
+
+
+def test_flip_index_is_an_involution_swapping_left_right():
+    for ks in (COCO17, OPENPOSE18):
+        p = ks.flip_index
+        assert np.array_equal(p[p], np.arange(ks.num_keypoints))
+        for i, name in enumerate(ks.keypoints):
+            other = ks.keypoints[p[i]]
+            assert other == name.replace("left", "X").replace("right", "left").replace("X", "right")
+
+
+def test_spanning_tree_reaches_every_keypoint_in_order():
+    for ks, root in ((COCO17, 0), (OPENPOSE18, 1)):
+        tree, redundant = ks.spanning_tree(root)
+        assert len(tree) == ks.num_keypoints - 1
+        assert sorted(tree + redundant) == list(range(ks.num_limbs))
+        reached = {root}
+        for li in tree:
+            a, b = ks.limbs[li]
+            assert (a in reached) != (b in reached), "each tree limb adds exactly one new keypoint"
+            reached |= {a, b}
+        assert reached == set(range(ks.num_keypoints))
+
+
+def test_openpose_mapping_round_trip_and_neck():
+    kp = np.random.default_rng(0).uniform(0, 100, (3, 17, 3))
+    kp[..., 2] = 2
+    kp[1, 6, 2] = 0  # right shoulder missing -> no neck
+    op = coco17_to_openpose18(kp)
+    assert op.shape == (3, 18, 3)
+    np.testing.assert_allclose(openpose18_to_coco17(op), kp)
+    np.testing.assert_allclose(op[0, 1, :2], (kp[0, 5, :2] + kp[0, 6, :2]) / 2)
+    assert op[1, 1, 2] == 0
+    assert OPENPOSE18.num_heatmap_channels == 19 and OPENPOSE18.num_paf_channels == 38
+
+
+def test_custom_keypoint_set_and_errors():
+    hand = register_keypoint_set(KeypointSet("test_hand3", ("wrist", "thumb", "index"), (), ((0, 1), (0, 2)),
+                                             (0.05, 0.03, 0.03)))
+    assert get_keypoint_set("test_hand3") is hand and hand.index("thumb") == 1
+    with pytest.raises(ValueError, match="sigmas has 2 entries"):
+        KeypointSet("bad", ("a", "b", "c"), (), (), (0.1, 0.1))
+    with pytest.raises(ValueError, match="limb"):
+        KeypointSet("bad", ("a", "b"), (), ((0, 5),), (0.1, 0.1))
+    with pytest.raises(ValueError, match="unknown keypoint set 'nope'"):
+        get_keypoint_set("nope")
+    with pytest.raises(ValueError, match="not in set"):
+        COCO17.index("tail")
