@@ -25,11 +25,23 @@ def _prn(input_shape=None, **kw):
     return pose_residual_network(**kw)
 
 
+def _paf(cls_name: str, model_name: str) -> Callable[..., keras.Model]:
+    def build(input_shape=(None, None, 3), **kw):
+        from kerapose.models import paf_models
+
+        return getattr(paf_models, cls_name)(input_shape=input_shape, name=model_name, **kw)
+
+    return build
+
+
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "prn": _prn,
     "multiposenet-r18": _multiposenet(18),
     "multiposenet-r50": _multiposenet(50),
     "multiposenet-r101": _multiposenet(101),
+    "paf-baseline": _paf("PafBaseline", "paf_baseline"),
+    "ftn": _paf("FeatureTransferNet", "ftn"),
+    "mln": _paf("MultiLevelNet", "mln"),
 }
 
 
