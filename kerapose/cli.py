@@ -34,6 +34,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_oracle(args: argparse.Namespace) -> int:
+    from kerapose.oracle import run_oracle
+
+    res = run_oracle(args.codec, args.data_root, args.split, keypoint_set=args.keypoint_set, stride=args.stride,
+                     progress=not args.json)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{args.codec} oracle on {args.split} ({res['images']} images), {res['metric']} metrics (pycocotools):")
+    for key in ("AP", "AP50", "AP75", "APS", "APM", "APL", "AR"):
+        if key in res:
+            print(f"  {key:5s} {res[key]:.4f}")
+    if res.get("per_keypoint"):
+        print("  per keypoint AP: " + ", ".join(f"{k} {v:.3f}" for k, v in res["per_keypoint"].items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kerapose import __version__
 
@@ -46,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="input size for FLOPs")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_cmd_info)
+
+    orc = sub.add_parser("oracle", help="encode a split's ground truth with a codec, decode it, score it (pycocotools)")
+    orc.add_argument("--codec", required=True, choices=["heatmap", "paf", "boxes", "prn"])
+    orc.add_argument("--data-root", required=True, help="COCO-layout root: annotations/person_keypoints_SPLIT.json, SPLIT/")
+    orc.add_argument("--split", required=True, help="split name, e.g. val2017")
+    orc.add_argument("--keypoint-set", default="coco17", help="keypoint set of the annotations (default coco17)")
+    orc.add_argument("--stride", type=int, default=None, help="codec stride (default: 4 heatmap/prn, 8 paf)")
+    orc.add_argument("--json", action="store_true", help="print one JSON object")
+    orc.set_defaults(func=_cmd_oracle)
     return p
 
 

@@ -116,6 +116,44 @@ class MultiPoseNet(keras.Model):
         return keras.Model(self.input, {k: self.output[k] for k in ("person_logits", "person_boxes")},
                            name=f"{self.name}_persons")
 
+    def end_to_end(self, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
+                   score_threshold: float = 0.3, iou_threshold: float = 0.5) -> keras.Model:
+        """The end-to-end model (uint8 image of any size -> people) sharing this model's weights.
+
+        See :func:`kerapose.models.end_to_end.multiposenet_end_to_end`.
+        """
+        from kerapose.models.end_to_end import multiposenet_end_to_end
+
+        return multiposenet_end_to_end(self, input_size, max_people=max_people,
+                                       score_threshold=score_threshold, iou_threshold=iou_threshold)
+
+    def predict_poses(self, images, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
+                      score_threshold: float = 0.3, iou_threshold: float = 0.5) -> list[dict]:
+        """Poses for a list of RGB uint8 images ([H, W, 3], any sizes).
+
+        Returns one dict per image: ``keypoints`` [N, K, 3] (x, y, score), ``scores`` [N] and
+        ``boxes`` [N, 4] in that image's pixels (N = detected people, unpadded).
+        """
+        import numpy as np
+
+        key = (tuple(input_size), max_people, score_threshold, iou_threshold)
+        cache = self.__dict__.setdefault("_end_to_end_cache", {})
+        if key not in cache:
+            cache[key] = self.end_to_end(*key)
+        e2e = cache[key]
+        results = []
+        for img in images:
+            arr = np.asarray(img)
+            if arr.ndim != 3 or arr.shape[-1] != 3:
+                raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
+            if arr.dtype != np.uint8:
+                raise ValueError(f"expected a uint8 image, got dtype {arr.dtype}")
+            out = {k: np.asarray(v) for k, v in e2e(arr[None]).items()}
+            n = int(out["num_poses"][0])
+            results.append({"keypoints": out["keypoints"][0, :n], "scores": out["scores"][0, :n],
+                            "boxes": out["boxes"][0, :n]})
+        return results
+
     def freeze_backbone(self, frozen: bool = True) -> None:
         self.backbone.trainable = not frozen
         self._backbone_frozen = bool(frozen)

@@ -1,0 +1,162 @@
+"""End-to-end MultiPoseNet: uint8 image of any size in, people out, all in one TF graph.
+
+Follows DESIGN.md's serving contract: input ``image`` uint8 [B, H, W, 3] RGB; outputs
+``keypoints`` [B, M, K, 3] (x, y, score), ``scores`` [B, M], ``boxes`` [B, M, 4] and
+``num_poses`` [B], in the original image's pixels, padded to M people. Resize, padding,
+normalisation, anchor decoding + NMS, the RoI crop, the PRN and its decoding happen inside
+the graph, with ops that convert to TFLite builtins (no crop_and_resize, no
+combined_non_max_suppression).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from kerapose.codecs.boxes import BoxCodec
+from kerapose.codecs.prn import PRNCodec
+from kerapose.models.multiposenet import KEYPOINT_STRIDE, SIZE_MULTIPLE, MultiPoseNet
+from kerapose.skeleton import get_keypoint_set
+
+__all__ = ["Letterbox", "MultiPoseNetDecoder", "multiposenet_end_to_end"]
+
+
+@keras.saving.register_keras_serializable(package="kerapose")
+class Letterbox(keras.layers.Layer):
+    """Resize an image batch to fit ``size`` keeping the aspect ratio, pad bottom/right with 0.
+
+    Returns the float image and the scale (network pixels per image pixel) of each image.
+    All images of a batch share one size (a batch is one tensor).
+    """
+
+    def __init__(self, size: tuple[int, int], **kwargs):
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]))
+
+    def call(self, image):
+        img = tf.cast(image, tf.float32)
+        hw = tf.cast(tf.shape(img)[1:3], tf.float32)
+        target = tf.constant(self.size, tf.float32)
+        scale = tf.reduce_min(target / hw)
+        new_hw = tf.cast(tf.round(hw * scale), tf.int32)
+        new_hw = tf.minimum(tf.maximum(new_hw, 1), tf.constant(self.size, tf.int32))
+        resized = tf.image.resize(img, new_hw, method="bilinear", antialias=False)
+        pad_h = self.size[0] - new_hw[0]
+        pad_w = self.size[1] - new_hw[1]
+        padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        padded = tf.ensure_shape(padded, [None, self.size[0], self.size[1], 3])
+        batch = tf.shape(img)[0]
+        return padded, tf.fill([batch], scale)
+
+    def compute_output_spec(self, image):
+        return (keras.KerasTensor((image.shape[0], *self.size, 3), "float32"),
+                keras.KerasTensor((image.shape[0],), "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}
+
+
+@keras.saving.register_keras_serializable(package="kerapose")
+class MultiPoseNetDecoder(keras.layers.Layer):
+    """Network outputs -> people: box decoding + NMS, RoI crop, PRN, keypoint decoding.
+
+    Args:
+        prn: the Pose Residual Network (``MultiPoseNet.prn``).
+        input_size: the network input size (H, W) the outputs come from.
+        keypoint_set: the keypoint set's name (K comes from it).
+        max_people: M, the padded number of people per image.
+        score_threshold, iou_threshold: person detection thresholds.
+        prn_margin: box enlargement of the PRN crop (as in training).
+    """
+
+    def __init__(self, prn: keras.Model, input_size, keypoint_set: str = "coco17", max_people: int = 20,
+                 score_threshold: float = 0.3, iou_threshold: float = 0.5, prn_margin: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.prn = prn
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.keypoint_set = get_keypoint_set(keypoint_set).name
+        self.num_keypoints = get_keypoint_set(keypoint_set).num_keypoints
+        self.max_people = int(max_people)
+        self.score_threshold = float(score_threshold)
+        self.iou_threshold = float(iou_threshold)
+        self.prn_margin = float(prn_margin)
+        self.box_codec = BoxCodec()
+        self.prn_codec = PRNCodec(self.keypoint_set, margin=prn_margin)
+
+    def call(self, heatmaps, person_logits, person_boxes, scale):
+        m, k = self.max_people, self.num_keypoints
+        boxes, scores, num = self.box_codec.decode_tf(
+            person_logits, person_boxes, self.input_size, max_detections=m,
+            score_threshold=self.score_threshold, iou_threshold=self.iou_threshold)
+        batch = tf.shape(boxes)[0]
+        flat_boxes = tf.reshape(boxes, [-1, 4])
+        box_idx = tf.repeat(tf.range(batch), m)
+        crops = self.prn_codec.crop_tf(heatmaps[..., :k], flat_boxes, KEYPOINT_STRIDE, box_indices=box_idx)
+        kp = self.prn_codec.decode_tf(self.prn(crops, training=False), flat_boxes)
+        kp = tf.reshape(kp, [batch, m, k, 3])
+        valid = tf.sequence_mask(num, m, dtype=tf.float32)  # [B, M]
+        inv = (1.0 / scale)[:, None]
+        kp_xy = kp[..., :2] * inv[..., None, None] * valid[..., None, None]
+        keypoints = tf.concat([kp_xy, kp[..., 2:] * valid[..., None, None]], axis=-1)
+        return {
+            "keypoints": keypoints,
+            "scores": scores * valid,
+            "boxes": boxes * inv[..., None] * valid[..., None],
+            "num_poses": num,
+        }
+
+    def compute_output_spec(self, heatmaps, person_logits, person_boxes, scale):
+        b, m, k = heatmaps.shape[0], self.max_people, self.num_keypoints
+        return {
+            "keypoints": keras.KerasTensor((b, m, k, 3), "float32"),
+            "scores": keras.KerasTensor((b, m), "float32"),
+            "boxes": keras.KerasTensor((b, m, 4), "float32"),
+            "num_poses": keras.KerasTensor((b,), "int32"),
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "prn": keras.saving.serialize_keras_object(self.prn),
+            "input_size": list(self.input_size),
+            "keypoint_set": self.keypoint_set,
+            "max_people": self.max_people,
+            "score_threshold": self.score_threshold,
+            "iou_threshold": self.iou_threshold,
+            "prn_margin": self.prn_margin,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["prn"] = keras.saving.deserialize_keras_object(config["prn"])
+        return cls(**config)
+
+
+def multiposenet_end_to_end(
+    model: MultiPoseNet,
+    input_size: tuple[int, int] = (480, 480),
+    max_people: int = 20,
+    score_threshold: float = 0.3,
+    iou_threshold: float = 0.5,
+    prn_margin: float = 0.1,
+) -> keras.Model:
+    """Wrap a MultiPoseNet into the end-to-end serving model (see module docstring).
+
+    ``input_size`` is the network's input (multiples of 32); images of any size are
+    letterboxed into it and the results mapped back to their own pixels.
+    """
+    h, w = (int(v) for v in input_size)
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h <= 0 or w <= 0:
+        raise ValueError(f"input_size {input_size} is not accepted: both sides must be positive multiples of 32")
+    if max_people < 1:
+        raise ValueError(f"max_people must be >= 1, got {max_people}")
+    image = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    resized, scale = Letterbox((h, w), name="letterbox")(image)
+    out = model(resized)
+    decoder = MultiPoseNetDecoder(model.prn, (h, w), model.keypoint_set.name, max_people=max_people,
+                                  score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                  prn_margin=prn_margin, name="decoder")
+    people = decoder(out["heatmaps"], out["person_logits"], out["person_boxes"], scale)
+    people = {k: keras.layers.Identity(name=k)(v) for k, v in people.items()}
+    return keras.Model(image, people, name=f"{model.name}_end_to_end")

@@ -1,0 +1,67 @@
+"""End-to-end MultiPoseNet graph vs the numpy codecs, on a real image."""
+
+import cv2
+import numpy as np
+import pytest
+
+from kerapose.codecs.boxes import BoxCodec
+from kerapose.codecs.prn import PRNCodec
+from kerapose.models import MultiPoseNet
+
+
+@pytest.fixture(scope="module")
+def model():
+    import keras
+
+    keras.utils.set_random_seed(7)
+    return MultiPoseNet("resnet18", prn_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def image(coco_val):
+    rec = coco_val.record(coco_val.image_ids[0])
+    return cv2.imread(rec.path)[..., ::-1].copy()
+
+
+def test_end_to_end_matches_numpy_pipeline(model, image):
+    size = (256, 256)
+    e2e = model.end_to_end(size, max_people=8, score_threshold=0.0)
+    out = {k: np.asarray(v) for k, v in e2e(image[None]).items()}
+    n = int(out["num_poses"][0])
+    assert n == 8  # threshold 0: every slot filled
+    # numpy reference: letterbox, network, decode boxes, crop heatmaps, PRN, decode keypoints
+    h, w = image.shape[:2]
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = round(h * scale), round(w * scale)
+    import tensorflow as tf
+
+    resized = tf.image.resize(image[None].astype("float32"), (nh, nw)).numpy()
+    canvas = np.zeros((1, *size, 3), "float32")
+    canvas[:, :nh, :nw] = resized
+    net = {k: np.asarray(v) for k, v in model(canvas).items()}
+    boxes, scores = BoxCodec().decode(net["person_logits"][0], net["person_boxes"][0], size,
+                                      score_threshold=0.0, max_detections=8)
+    np.testing.assert_allclose(out["boxes"][0, :n], boxes / scale, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(out["scores"][0, :n], scores, atol=1e-5)
+    prn_codec = PRNCodec("coco17")
+    crops = prn_codec.crop(net["heatmaps"][0, ..., :17], boxes, 4)
+    kp = prn_codec.decode(np.asarray(model.prn(crops, training=False)), boxes)
+    np.testing.assert_allclose(out["keypoints"][0, :n, :, :2], kp[..., :2] / scale, rtol=1e-4, atol=0.05)
+    np.testing.assert_allclose(out["keypoints"][0, :n, :, 2], kp[..., 2], atol=1e-5)
+
+
+def test_predict_poses_unpads_and_checks_input(model, image):
+    res = model.predict_poses([image, image[:200, :300].copy()], input_size=(128, 128), max_people=4,
+                              score_threshold=0.0)
+    assert len(res) == 2
+    for r, img in zip(res, (image, image[:200, :300])):
+        n = len(r["scores"])
+        assert r["keypoints"].shape == (n, 17, 3) and r["boxes"].shape == (n, 4)
+        # boxes are mapped back to the image's own pixels (clipped to the letterboxed area)
+        assert r["boxes"][:, 2].max() <= max(img.shape[:2]) * 1.01
+    with pytest.raises(ValueError, match="uint8"):
+        model.predict_poses([image.astype("float32")])
+    with pytest.raises(ValueError, match=r"RGB image \[H, W, 3\]"):
+        model.predict_poses([image[..., 0]])
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model.end_to_end((100, 128))
