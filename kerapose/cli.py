@@ -51,6 +51,16 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kerapose.train import load_config, train
+
+    cfg = load_config(args.config, {"epochs": args.epochs, "data_root": args.data_root})
+    metrics = train(cfg, args.output, strategy=args.strategy, verbose=args.verbose)
+    print(f"[kerapose] model: {metrics['model_path']}")
+    print(f"AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AR {metrics['AR']:.4f}) on the validation split")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kerapose import __version__
 
@@ -72,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     orc.add_argument("--stride", type=int, default=None, help="codec stride (default: 4 heatmap/prn, 8 paf)")
     orc.add_argument("--json", action="store_true", help="print one JSON object")
     orc.set_defaults(func=_cmd_oracle)
+
+    tr = sub.add_parser("train", help="multi-stage model.fit training from a YAML recipe")
+    tr.add_argument("config", help="YAML recipe, e.g. training/configs/quickstart.yaml")
+    tr.add_argument("--data-root", help="COCO-layout dataset root (overrides the recipe's data)")
+    tr.add_argument("--epochs", type=int, help="epochs for every stage (overrides the recipe)")
+    tr.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi-worker"])
+    tr.add_argument("--output", required=True, help="output folder (checkpoints, logs); rerun to resume")
+    tr.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2], help="Keras progress output")
+    tr.set_defaults(func=_cmd_train)
     return p
 
 

@@ -43,6 +43,8 @@ class MultiPoseNet(keras.Model):
         backbone_weights: path of a keras.applications-format weight file (ImageNet).
         freeze_backbone: make the backbone non-trainable (the paper's person-subnet stage).
         fpn_size: channels of both pyramids.
+        keypoint_head_size, keypoint_fuse_size: widths of the keypoint subnet (paper: 128, 512).
+        person_head_size: width of the RetinaNet subnets' convs (paper: the FPN width).
         prn_hidden: hidden width of the PRN.
     """
 
@@ -55,6 +57,8 @@ class MultiPoseNet(keras.Model):
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         fpn_size: int = 256,
+        keypoint_head_size: int = 128,
+        keypoint_fuse_size: int = 512,
         prn_hidden: int = 1024,
         name: str = "multiposenet",
         **kwargs,
@@ -82,19 +86,24 @@ class MultiPoseNet(keras.Model):
         kfpn = feature_pyramid(channels, levels=(2, 3, 4, 5), feature_size=fpn_size, prefix="K", name="keypoint_fpn")
         pfpn = feature_pyramid(channels, levels=(3, 4, 5), extra_levels=2, feature_size=fpn_size, prefix="P",
                                name="person_fpn")
-        ksub = keypoint_subnet(k + 1, levels=(2, 3, 4, 5), feature_size=fpn_size, name="keypoint_subnet")
+        ksub = keypoint_subnet(k + 1, levels=(2, 3, 4, 5), feature_size=fpn_size, head_size=keypoint_head_size,
+                               fuse_size=keypoint_fuse_size, name="keypoint_subnet")
         psub = retinanet_head(PERSON_LEVELS, num_classes=1, num_anchors=NUM_ANCHORS, feature_size=fpn_size,
                               name="person_subnet")
         kout = ksub(kfpn({c: feats[c] for c in ("C2", "C3", "C4", "C5")}))
         pout = psub(pfpn({c: feats[c] for c in ("C3", "C4", "C5")}))
-        # Identity layers give the outputs stable top-level names for losses and export.
-        outputs = {key: keras.layers.Identity(name=key)(t) for key, t in {**kout, **pout}.items()}
+        # Named float32 output layers: stable names for losses and export, and float32 outputs
+        # under a mixed-precision policy.
+        outputs = {key: keras.layers.Activation("linear", dtype="float32", name=key)(t)
+                   for key, t in {**kout, **pout}.items()}
         super().__init__(inputs=image, outputs=outputs, name=name, **kwargs)
 
         self.backbone_name = backbone
         self.keypoint_set = kps
         self.input_shape_config = input_shape
         self.fpn_size = fpn_size
+        self.keypoint_head_size = keypoint_head_size
+        self.keypoint_fuse_size = keypoint_fuse_size
         self.prn_hidden = prn_hidden
         self.backbone = bb
         self.prn = pose_residual_network(k, PRN_INPUT_HW, hidden=prn_hidden, name="prn")
@@ -139,7 +148,12 @@ class MultiPoseNet(keras.Model):
         key = (tuple(input_size), max_people, score_threshold, iou_threshold)
         cache = self.__dict__.setdefault("_end_to_end_cache", {})
         if key not in cache:
-            cache[key] = self.end_to_end(*key)
+            import tensorflow as tf
+
+            graph = self.end_to_end(*key)
+            # one trace for every image size (eager calls of the graph are several times slower)
+            cache[key] = tf.function(lambda x: graph(x, training=False), reduce_retracing=True,
+                                     input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         e2e = cache[key]
         results = []
         for img in images:
@@ -165,6 +179,8 @@ class MultiPoseNet(keras.Model):
             "input_shape": list(self.input_shape_config),
             "freeze_backbone": self._backbone_frozen,
             "fpn_size": self.fpn_size,
+            "keypoint_head_size": self.keypoint_head_size,
+            "keypoint_fuse_size": self.keypoint_fuse_size,
             "prn_hidden": self.prn_hidden,
             "name": self.name,
         }

@@ -1,0 +1,288 @@
+"""tf.data pipelines: COCO records -> augmented crops -> codec targets, batched.
+
+Target generation is vectorised numpy inside ``tf.numpy_function`` (the codecs are numpy;
+measured in ``benchmarks/bench_pipeline.py``), mapped in parallel. Randomness is a function of
+(seed, epoch, image index), so a deterministic pipeline gives the same batches whatever the
+number of parallel calls. Unreadable images and malformed annotations are skipped and counted
+(:class:`SkipCounter`), never fatal.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from kerapose.codecs.boxes import BoxCodec
+from kerapose.codecs.heatmap import HeatmapCodec
+from kerapose.codecs.prn import PRNCodec
+from kerapose.codecs.segmentation import SegmentationCodec
+from kerapose.data.augment import AugmentConfig, augment
+from kerapose.data.coco import CocoKeypoints, ImageRecord
+from kerapose.losses import pack_box_targets, pack_weights
+from kerapose.skeleton import get_keypoint_set
+
+__all__ = ["SkipCounter", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset"]
+
+
+@dataclass
+class SkipCounter:
+    """Thread-safe count of skipped samples by reason, reported once per epoch."""
+
+    counts: dict = field(default_factory=dict)
+    examples: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, reason: str, where: str) -> None:
+        with self._lock:
+            self.counts[reason] = self.counts.get(reason, 0) + 1
+            self.examples.setdefault(reason, where)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def report(self) -> str:
+        if not self.counts:
+            return "no samples skipped"
+        return "; ".join(f"{n} skipped: {r} (e.g. {self.examples[r]})" for r, n in sorted(self.counts.items()))
+
+    def reset(self) -> None:
+        with self._lock:
+            self.counts.clear()
+            self.examples.clear()
+
+
+def read_image(path: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3] of an image file; ValueError naming the file if it cannot be decoded.
+
+    Grayscale, RGBA and 16-bit images are converted to 8-bit RGB.
+    """
+    data = np.fromfile(path, dtype=np.uint8) if path else np.zeros(0, np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise ValueError(f"{path}: not a readable image")
+    if img.dtype == np.uint16:
+        img = (img / 257.0).round().astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise ValueError(f"{path}: unsupported image dtype {img.dtype}")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        raise ValueError(f"{path}: unsupported channel count {img.shape[2]}")
+    return img
+
+
+class MultiPoseNetTargets:
+    """The targets of MultiPoseNet's outputs for one augmented crop (one codec per target kind).
+
+    ``heatmaps`` (and every ``heatmaps_k*``): K Gaussian heatmaps + the person mask, packed with
+    the ignore mask W for :class:`kerapose.losses.MaskedL2` ([h, w, K + 2]);
+    ``person_logits``: anchor states 1 / 0 / -1 ([A, 1]); ``person_boxes``: box targets packed
+    with the anchor state ([A, 5]).
+    """
+
+    def __init__(self, keypoint_set="coco17", input_size=(480, 480), stride: int = 4, sigma: float = 2.0,
+                 intermediate_levels=(2, 3, 4, 5), person_targets: bool = True, heatmap_targets: bool = True):
+        self.keypoint_set = get_keypoint_set(keypoint_set)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.heatmap_codec = HeatmapCodec(self.keypoint_set, stride=stride, sigma=sigma)
+        self.seg_codec = SegmentationCodec(stride=stride)
+        self.box_codec = BoxCodec()
+        self.intermediate_levels = tuple(intermediate_levels)
+        self.person_targets = person_targets
+        self.heatmap_targets = heatmap_targets
+        if not (person_targets or heatmap_targets):
+            raise ValueError("MultiPoseNetTargets needs heatmap_targets or person_targets")
+        self.stride = stride
+
+    @property
+    def output_shapes(self) -> dict:
+        h, w = self.heatmap_codec.output_size(self.input_size)
+        k = self.keypoint_set.num_keypoints
+        shapes = {}
+        if self.heatmap_targets:
+            shapes["heatmaps"] = (h, w, k + 2)
+            shapes.update({f"heatmaps_k{l}": (h, w, k + 2) for l in self.intermediate_levels})
+        if self.person_targets:
+            a = self.box_codec.num_anchors(self.input_size)
+            shapes.update({"person_logits": (a, 1), "person_boxes": (a, 5)})
+        return shapes
+
+    def encode(self, crop: dict) -> dict:
+        rec: ImageRecord = crop["record"]
+        out = {}
+        if self.heatmap_targets:
+            heat = self.heatmap_codec.encode(rec.keypoints[~rec.iscrowd], self.input_size)
+            mask, weights = self.seg_codec.encode(rec)
+            packed = np.asarray(pack_weights(np.concatenate([heat, mask[..., None]], -1), weights[..., None]),
+                                np.float32)
+            out["heatmaps"] = packed
+            out.update({f"heatmaps_k{l}": packed for l in self.intermediate_levels})
+        if self.person_targets:
+            crowd = rec.iscrowd
+            valid = (rec.boxes[:, 2] > rec.boxes[:, 0]) & (rec.boxes[:, 3] > rec.boxes[:, 1])
+            cls_t, box_t = self.box_codec.encode(rec.boxes[~crowd & valid], self.input_size,
+                                                 ignore_boxes=rec.boxes[crowd & valid])
+            out["person_logits"] = cls_t.astype(np.float32)
+            out["person_boxes"] = np.asarray(pack_box_targets(box_t, cls_t), np.float32)
+        return out
+
+
+def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def keypoint_dataset(
+    coco: CocoKeypoints,
+    targets: MultiPoseNetTargets,
+    augment_config: AugmentConfig | None = None,
+    batch_size: int = 8,
+    shuffle: bool = True,
+    seed: int = 0,
+    repeat: bool = True,
+    deterministic: bool = False,
+    num_parallel_calls: int | None = None,
+    shard: tuple[int, int] | None = None,
+    skips: SkipCounter | None = None,
+    only_with_keypoints: bool = True,
+) -> tf.data.Dataset:
+    """(image float32 [B, H, W, 3] in 0..255, {output name: target}) batches for ``model.fit``.
+
+    Args:
+        coco: the dataset split.
+        targets: which outputs get targets (:class:`MultiPoseNetTargets`).
+        augment_config: crop/augmentation settings; its ``output_size`` must equal the
+            targets' ``input_size``. Default: person-centric crops of that size.
+        shuffle, seed, repeat: per-epoch reshuffling of image order.
+        deterministic: keep element order fixed under parallel mapping.
+        num_parallel_calls: parallel map calls (default: tf.data.AUTOTUNE).
+        shard: (num_shards, index) for multi-worker input sharding by image.
+        skips: a :class:`SkipCounter` that collects unreadable images / bad annotations.
+        only_with_keypoints: train on images that have at least one labelled person.
+    """
+    cfg = augment_config or AugmentConfig(output_size=targets.input_size)
+    if tuple(cfg.output_size) != targets.input_size:
+        raise ValueError(f"augment output_size {tuple(cfg.output_size)} != target input_size {targets.input_size}")
+    skips = skips if skips is not None else SkipCounter()
+    ids = list(coco.image_ids)
+    if only_with_keypoints:
+        ids = [i for i in ids if len(coco.coco.getAnnIds(imgIds=[i]))]
+    if not ids:
+        raise ValueError(f"{coco.ann_file}: no images with person annotations")
+    shapes = targets.output_shapes
+    names = list(shapes)
+    h, w = targets.input_size
+
+    loaded = [0]
+
+    def skip(reason: str, where: str):
+        skips.add(reason, where)
+        # A dataset where nothing loads would make the filter below spin forever: fail loudly.
+        if loaded[0] == 0 and skips.total() >= len(ids):
+            raise RuntimeError(f"{coco.ann_file}: every image was skipped ({skips.report()})")
+        return _empty(h, w, shapes)
+
+    def load(index, epoch):
+        image_id = ids[int(index)]
+        try:
+            rec = coco.record(image_id)
+        except Exception as e:  # malformed annotation: skip, count
+            return skip("bad annotation", f"image {image_id}: {e}")
+        try:
+            img = read_image(rec.path)
+        except (ValueError, OSError) as e:
+            return skip("unreadable image", str(e))
+        if img.shape[:2] != (rec.height, rec.width):
+            return skip("size mismatch", f"{rec.path}: file {img.shape[:2]}, annotation {(rec.height, rec.width)}")
+        loaded[0] += 1
+        rng = _sample_rng(seed, int(epoch), image_id)
+        crop = augment(rec, img, cfg, rng, targets.keypoint_set)
+        t = targets.encode(crop)
+        return (np.True_, crop["image"].astype(np.float32), *[t[n] for n in names])
+
+    index = tf.range(len(ids), dtype=tf.int64)
+    if shard is not None:
+        index = index[shard[1]::shard[0]]
+
+    def epoch_of(e):
+        # A fresh permutation per epoch, a pure function of (seed, epoch): resumable and deterministic.
+        order = tf.random.experimental.stateless_shuffle(index, seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(order if shuffle else index).map(lambda i: (i, e))
+
+    epochs = tf.data.Dataset.range(1 << 31) if repeat else tf.data.Dataset.range(1)
+    ds = epochs.flat_map(epoch_of)
+    tout = [tf.bool, tf.float32] + [tf.float32] * len(names)
+
+    def py_map(i, e):
+        out = tf.numpy_function(load, [i, e], tout, stateful=False)
+        ok, image, *ts = out
+        ok.set_shape(())
+        image.set_shape((h, w, 3))
+        for t, n in zip(ts, names):
+            t.set_shape(shapes[n])
+        return ok, image, dict(zip(names, ts))
+
+    ds = ds.map(py_map, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=deterministic)
+    def is_ok(ok, image, t):
+        return ok
+
+    def drop_flag(ok, image, t):
+        return image, t
+
+    ds = ds.filter(is_ok).map(drop_flag)
+    ds = ds.batch(batch_size, drop_remainder=repeat)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.OFF if shard is not None else tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _empty(h: int, w: int, shapes: dict):
+    return (np.False_, np.zeros((h, w, 3), np.float32), *[np.zeros(s, np.float32) for s in shapes.values()])
+
+
+def prn_dataset(
+    coco: CocoKeypoints,
+    codec: PRNCodec,
+    batch_size: int = 32,
+    shuffle: bool = True,
+    seed: int = 0,
+    flip: bool = True,
+    repeat: bool = True,
+) -> tuple[tf.data.Dataset, int]:
+    """PRN training pairs from the annotations (input: everyone's keypoints in the owner's box,
+    target: the owner's), with horizontal flips as augmentation. Returns (dataset, num_pairs)."""
+    xs, ys = [], []
+    ks = codec.keypoint_set
+    for rec in coco:
+        if not len(rec.keypoints):
+            continue
+        x, y, _ = codec.training_pairs(rec)
+        if len(x):
+            xs.append(x)
+            ys.append(y)
+    if not xs:
+        raise ValueError(f"{coco.ann_file}: no persons with keypoints to build PRN pairs from")
+    x = np.concatenate(xs).astype(np.float32)
+    y = np.concatenate(ys).astype(np.float32)
+    if flip:
+        # mirror the crop grid and swap left/right channels: the same pair seen flipped
+        perm = ks.flip_index
+        x = np.concatenate([x, x[:, :, ::-1][..., perm]])
+        y = np.concatenate([y, y[:, :, ::-1][..., perm]])
+    n = len(x)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n

@@ -1,0 +1,302 @@
+"""Multi-stage `model.fit` training from a YAML recipe (MultiPoseNet, as in the paper).
+
+Stages (each a ``model.fit`` with its own optimizer):
+
+1. ``keypoints``: backbone + keypoint subnet on the heatmap/segmentation targets (masked L2 on
+   the final and every intermediate output), Adam, learning rate divided by 10 on plateaux.
+2. ``persons``: the RetinaNet person subnet with the backbone frozen (focal loss + smooth L1).
+3. ``prn``: the Pose Residual Network on annotation-derived pairs (binary cross-entropy).
+
+Every stage writes ``OUTPUT/STAGE/{last,best}.keras`` (the whole MultiPoseNet, written
+atomically), CSV and TensorBoard logs, and uses ``BackupAndRestore`` so that a killed run,
+started again with the same command, resumes where it stopped; finished stages are recorded
+in ``OUTPUT/progress.json`` and skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+import yaml
+
+__all__ = ["load_config", "get_strategy", "train", "evaluate_model", "STAGES"]
+
+STAGES = ("keypoints", "persons", "prn")
+_DEFAULTS: dict[str, Any] = {
+    "model": {"name": "multiposenet", "backbone": "resnet50", "keypoint_set": "coco17", "input_size": [480, 480]},
+    "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None},
+    "augment": {},
+    "batch_size": 8,
+    "seed": 0,
+    "mixed_precision": False,
+    "stages": [],
+    "evaluate": {"max_people": 20, "score_threshold": 0.3},
+}
+
+
+def load_config(path: str, overrides: dict | None = None) -> dict:
+    """Read a YAML recipe, fill defaults, apply CLI overrides, and check it."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training config not found: {path}")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; accepted: {sorted(_DEFAULTS)}")
+    cfg = copy.deepcopy(_DEFAULTS)
+    for key, value in raw.items():
+        if isinstance(cfg.get(key), dict) and isinstance(value, dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "epochs":
+            for st in cfg["stages"]:
+                st["epochs"] = int(value)
+        elif key == "data_root":
+            cfg["data"]["root"] = value
+            cfg["data"]["synthetic"] = None
+        else:
+            cfg[key] = value
+    if not cfg["stages"]:
+        raise ValueError(f"{path}: no training stages")
+    for i, st in enumerate(cfg["stages"]):
+        if st.get("name") not in STAGES:
+            raise ValueError(f"{path}: stages[{i}].name is {st.get('name')!r}; accepted: {', '.join(STAGES)}")
+        if int(st.get("epochs", 0)) < 1:
+            raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
+    if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
+        raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
+    return cfg
+
+
+def get_strategy(name: str) -> tf.distribute.Strategy:
+    """``default`` | ``mirrored`` | ``multi-worker`` (reads TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"unknown strategy {name!r}; accepted: default, mirrored, multi-worker")
+
+
+def _is_chief() -> bool:
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = tf_config.get("task", {})
+    return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and int(task.get("index", 0)) == 0
+                                                    and "chief" not in tf_config.get("cluster", {}))
+
+
+def _atomic_save(model: keras.Model, path: str) -> None:
+    tmp = f"{path}.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class TaskCheckpoint(keras.callbacks.Callback):
+    """Save the whole task model (not the stage's sub-model) as last.keras / best.keras."""
+
+    def __init__(self, task_model: keras.Model, directory: str, monitor: str = "val_loss", write: bool = True):
+        super().__init__()
+        self.task_model = task_model
+        self.directory = directory
+        self.monitor = monitor
+        self.best = np.inf
+        self.write = write
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.write:
+            return
+        logs = logs or {}
+        os.makedirs(self.directory, exist_ok=True)
+        _atomic_save(self.task_model, os.path.join(self.directory, "last.keras"))
+        value = logs.get(self.monitor, logs.get("loss"))
+        if value is not None and value < self.best:
+            self.best = float(value)
+            _atomic_save(self.task_model, os.path.join(self.directory, "best.keras"))
+
+
+class SkipReport(keras.callbacks.Callback):
+    """Print, once per epoch, how many samples the pipeline skipped and why."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.counter.total():
+            print(f"\n[kerapose] epoch {epoch + 1}: {self.counter.report()}", flush=True)
+            self.counter.reset()
+
+
+def _prepare_data(cfg: dict, output: str) -> str:
+    root = cfg["data"]["root"]
+    if root:
+        return root
+    from kerapose.data.synthetic import generate_synthetic_coco
+
+    syn = dict(cfg["data"]["synthetic"])
+    root = os.path.join(output, "synthetic-data")
+    if not os.path.isdir(os.path.join(root, "annotations")):
+        print(f"[kerapose] generating the synthetic dataset in {root}", flush=True)
+        syn["image_size"] = tuple(syn.get("image_size", cfg["model"]["input_size"]))
+        generate_synthetic_coco(root, progress=True, **syn)
+    cfg["data"]["train_split"], cfg["data"]["val_split"] = "train", "val"
+    return root
+
+
+def _build_model(cfg: dict):
+    from kerapose.models import MultiPoseNet
+
+    m = dict(cfg["model"])
+    if m.pop("name", "multiposenet") != "multiposenet":
+        raise ValueError("the training recipes cover MultiPoseNet (model.name: multiposenet)")
+    size = tuple(m.pop("input_size"))
+    return MultiPoseNet(input_shape=(*size, 3), **m), size
+
+
+def _optimizer(stage: dict) -> keras.optimizers.Optimizer:
+    name = stage.get("optimizer", "adam")
+    lr = float(stage.get("learning_rate", 1e-4))
+    if name == "adam":
+        return keras.optimizers.Adam(lr)
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=float(stage.get("momentum", 0.9)),
+                                    weight_decay=stage.get("weight_decay"))
+    raise ValueError(f"unknown optimizer {name!r}; accepted: adam, sgd")
+
+
+def train(config: dict, output: str, strategy: str = "default", verbose: int = 1,
+          extra_callbacks: list | None = None) -> dict:
+    """Run every stage of ``config`` (see module docstring); returns the final metrics.
+
+    ``extra_callbacks`` are added to every stage's ``fit``.
+    """
+    from kerapose.codecs.prn import PRNCodec
+    from kerapose.data.augment import AugmentConfig
+    from kerapose.data.coco import CocoKeypoints
+    from kerapose.data.pipeline import MultiPoseNetTargets, SkipCounter, keypoint_dataset, prn_dataset
+    from kerapose.losses import MaskedL2, RetinaFocalLoss, RetinaSmoothL1, prn_loss
+
+    os.makedirs(output, exist_ok=True)
+    keras.utils.set_random_seed(int(config["seed"]))
+    if config.get("mixed_precision"):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    root = _prepare_data(config, output)
+    with open(os.path.join(output, "config.yaml"), "w") as f:
+        yaml.safe_dump(config, f)
+    strat = get_strategy(strategy)
+    chief = _is_chief()
+    train_set = CocoKeypoints(root, config["data"]["train_split"], keypoint_set=config["model"]["keypoint_set"])
+    val_set = CocoKeypoints(root, config["data"]["val_split"], keypoint_set=config["model"]["keypoint_set"])
+    progress_path = os.path.join(output, "progress.json")
+    done = json.load(open(progress_path)) if os.path.isfile(progress_path) else {"stages": []}
+
+    with strat.scope():
+        model, size = _build_model(config)
+    aug = AugmentConfig(output_size=size, **config.get("augment", {}))
+    val_aug = AugmentConfig(output_size=size, rotation_deg=0.0, scale_range=(1.0, 1.0), flip_prob=0.0,
+                            center="image", fit_image=True)
+    history: dict = {}
+    seed = int(config["seed"])
+    for i, stage in enumerate(config["stages"]):
+        name = stage["name"]
+        stage_id = f"{i + 1}-{name}"
+        stage_dir = os.path.join(output, stage_id)
+        if stage_id in done["stages"]:
+            print(f"[kerapose] stage {stage_id} already finished; loading its weights", flush=True)
+            model.load_weights(os.path.join(stage_dir, "weights.weights.h5"))
+            continue
+        print(f"[kerapose] stage {stage_id}: {stage['epochs']} epochs", flush=True)
+        batch = int(stage.get("batch_size", config["batch_size"])) * strat.num_replicas_in_sync
+        skips = SkipCounter()
+        callbacks: list = [SkipReport(skips), *(extra_callbacks or [])]
+        with strat.scope():
+            if name in ("keypoints", "persons"):
+                model.freeze_backbone(bool(stage.get("freeze_backbone", name == "persons")))
+                person = name == "persons"
+                targets = MultiPoseNetTargets(config["model"]["keypoint_set"], size, person_targets=person,
+                                              heatmap_targets=not person)
+                sub = model.person_model if person else model.keypoint_model
+                keys = list(targets.output_shapes)
+                if person:
+                    losses = {"person_logits": RetinaFocalLoss(), "person_boxes": RetinaSmoothL1()}
+                else:
+                    losses = {k: MaskedL2() for k in keys}
+                train_ds = keypoint_dataset(train_set, targets, aug, batch, seed=seed + i, skips=skips)
+                val_ds = keypoint_dataset(val_set, targets, val_aug, batch, shuffle=False, repeat=False)
+                steps = int(stage.get("steps_per_epoch") or max(1, len(train_set) // batch))
+            else:
+                codec = PRNCodec(config["model"]["keypoint_set"])
+                sub = model.prn
+                losses = prn_loss()
+                train_ds, n_pairs = prn_dataset(train_set, codec, batch, seed=seed + i)
+                val_ds, _ = prn_dataset(val_set, codec, batch, shuffle=False, flip=False, repeat=False)
+                steps = int(stage.get("steps_per_epoch") or max(1, n_pairs // batch))
+            sub.compile(optimizer=_optimizer(stage), loss=losses, jit_compile=False)
+        callbacks += [
+            keras.callbacks.ReduceLROnPlateau("val_loss", factor=float(stage.get("plateau_factor", 0.1)),
+                                              patience=int(stage.get("plateau_patience", 3)), verbose=verbose),
+            keras.callbacks.BackupAndRestore(os.path.join(output, "backup", stage_id)),
+            keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
+            TaskCheckpoint(model, stage_dir, write=chief),
+        ]
+        if chief:
+            os.makedirs(stage_dir, exist_ok=True)
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard", stage_id)))
+        t0 = time.time()
+        hist = sub.fit(train_ds, epochs=int(stage["epochs"]), steps_per_epoch=steps, validation_data=val_ds,
+                       callbacks=callbacks, verbose=verbose, shuffle=False)
+        history[stage_id] = {k: [float(x) for x in v] for k, v in hist.history.items()}
+        history[stage_id]["seconds"] = time.time() - t0
+        if chief:
+            model.save_weights(os.path.join(stage_dir, "weights.weights.h5"))
+            done["stages"].append(stage_id)
+            with open(progress_path + ".tmp", "w") as f:
+                json.dump(done, f)
+            os.replace(progress_path + ".tmp", progress_path)
+    model.freeze_backbone(False)
+    final = os.path.join(output, "model.keras")
+    if chief:
+        _atomic_save(model, final)
+    metrics = evaluate_model(model, val_set, input_size=size, **config.get("evaluate", {}))
+    metrics["model_path"] = final
+    metrics["history"] = history
+    return metrics
+
+
+def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, score_threshold: float = 0.3,
+                   image_ids=None, progress: bool = True) -> dict:
+    """COCO keypoint AP of a MultiPoseNet end to end (boxes -> PRN -> keypoints) on a dataset split."""
+    from kerapose.data.pipeline import read_image
+    from kerapose.evaluation import evaluate_keypoints, keypoint_results
+
+    ids = list(image_ids or dataset.image_ids)
+    results: list[dict] = []
+    bar = keras.utils.Progbar(len(ids), unit_name="image") if progress else None
+    for n, image_id in enumerate(ids):
+        rec = dataset.record(image_id)
+        image = read_image(rec.path)
+        pose = model.predict_poses([image], input_size=tuple(input_size), max_people=max_people,
+                                   score_threshold=score_threshold)[0]
+        results += keypoint_results(image_id, pose["keypoints"], pose["scores"])
+        if bar is not None:
+            bar.update(n + 1)
+    return evaluate_keypoints(dataset.coco, results, image_ids=ids, keypoint_set=dataset.keypoint_set)

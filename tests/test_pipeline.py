@@ -1,0 +1,124 @@
+"""tf.data pipeline: shapes, determinism, sharding, corrupt images skipped and counted."""
+
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from kerapose.data.augment import AugmentConfig
+from kerapose.data.coco import CocoKeypoints
+from kerapose.data.pipeline import MultiPoseNetTargets, SkipCounter, keypoint_dataset, prn_dataset, read_image
+from kerapose.data.synthetic import generate_synthetic_coco
+from kerapose.codecs.prn import PRNCodec
+
+SIZE = (64, 64)
+
+
+@pytest.fixture(scope="module")
+def syn_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn") / "data"
+    generate_synthetic_coco(str(root), num_train=8, num_val=4, image_size=SIZE, seed=3, progress=False)
+    return root
+
+
+def _cfg():
+    return AugmentConfig(output_size=SIZE, rotation_deg=15, center="image", fit_image=True)
+
+
+def test_batches_match_model_outputs(syn_root):
+    from kerapose.models import MultiPoseNet
+
+    ds = CocoKeypoints(str(syn_root), "train")
+    targets = MultiPoseNetTargets("coco17", SIZE)
+    images, t = next(iter(keypoint_dataset(ds, targets, _cfg(), batch_size=4)))
+    assert images.shape == (4, *SIZE, 3) and images.dtype.name == "float32"
+    model = MultiPoseNet("resnet18", input_shape=(*SIZE, 3), fpn_size=16, keypoint_fuse_size=16, prn_hidden=8)
+    for name, target in t.items():
+        out = model.output[name]
+        assert tuple(target.shape[1:-1]) == tuple(out.shape[1:-1]), name
+    # heatmaps: K heatmaps + person mask + shared W; the Gaussians peak at 1
+    heat = t["heatmaps"].numpy()
+    assert heat.shape[-1] == 17 + 2
+    assert 0.9 < heat[..., :17].max() <= 1.0 + 1e-6
+    assert set(np.unique(heat[..., 18])) <= {0.0, 1.0}
+    states = np.unique(t["person_logits"].numpy())
+    assert set(states) <= {-1.0, 0.0, 1.0} and 1.0 in states
+
+
+def test_deterministic_and_seeded(syn_root):
+    ds = CocoKeypoints(str(syn_root), "train")
+    targets = MultiPoseNetTargets("coco17", SIZE, person_targets=False)
+
+    def first(seed):
+        d = keypoint_dataset(ds, targets, _cfg(), batch_size=4, seed=seed, deterministic=True, num_parallel_calls=2)
+        return next(iter(d))[0].numpy()
+
+    np.testing.assert_array_equal(first(1), first(1))
+    assert np.abs(first(1) - first(2)).max() > 0
+
+
+def test_shards_partition_the_images(syn_root):
+    ds = CocoKeypoints(str(syn_root), "train")
+    targets = MultiPoseNetTargets("coco17", SIZE, person_targets=False)
+    counts = []
+    for index in range(2):
+        d = keypoint_dataset(ds, targets, _cfg(), batch_size=1, repeat=False, shuffle=False, shard=(2, index))
+        counts.append(sum(1 for _ in d))
+    assert counts == [4, 4]
+
+
+def test_corrupt_image_is_skipped_and_counted(syn_root, tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(syn_root, root)
+    ds = CocoKeypoints(str(root), "train")
+    victim = ds.record(ds.image_ids[2]).path
+    with open(victim, "wb") as f:
+        f.write(b"not a jpeg")
+    skips = SkipCounter()
+    targets = MultiPoseNetTargets("coco17", SIZE, person_targets=False)
+    d = keypoint_dataset(ds, targets, _cfg(), batch_size=1, repeat=False, skips=skips)
+    assert sum(1 for _ in d) == len(ds) - 1
+    assert skips.counts == {"unreadable image": 1}
+    assert os.path.basename(victim) in skips.report()
+
+
+def test_every_image_corrupt_fails_loudly(syn_root, tmp_path):
+    root = tmp_path / "allbroken"
+    shutil.copytree(syn_root, root)
+    for name in os.listdir(root / "train"):
+        (root / "train" / name).write_bytes(b"")
+    ds = CocoKeypoints(str(root), "train")
+    d = keypoint_dataset(ds, MultiPoseNetTargets("coco17", SIZE, person_targets=False), _cfg(), batch_size=2)
+    with pytest.raises(Exception, match="every image was skipped"):
+        next(iter(d))
+
+
+def test_read_image_converts_odd_formats(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (5, 7, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "rgb.png"), rgb[..., ::-1])
+    np.testing.assert_array_equal(read_image(str(tmp_path / "rgb.png")), rgb)
+    cv2.imwrite(str(tmp_path / "gray.png"), rgb[..., 0])
+    assert read_image(str(tmp_path / "gray.png")).shape == (5, 7, 3)
+    rgba = np.dstack([rgb[..., ::-1], np.full((5, 7), 255, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "rgba.png")), rgb)
+    cv2.imwrite(str(tmp_path / "deep.png"), rgb[..., ::-1].astype(np.uint16) * 257)
+    np.testing.assert_array_equal(read_image(str(tmp_path / "deep.png")), rgb)
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(ValueError, match="text.jpg: not a readable image"):
+        read_image(str(tmp_path / "text.jpg"))
+
+
+def test_prn_pairs_with_flips(syn_root):
+    ds = CocoKeypoints(str(syn_root), "train")
+    codec = PRNCodec("coco17")
+    d, n = prn_dataset(ds, codec, batch_size=4, repeat=False, shuffle=False)
+    _, n_noflip = prn_dataset(ds, codec, batch_size=4, repeat=False, flip=False)
+    assert n == 2 * n_noflip > 0
+    x, y = next(iter(d))
+    assert x.shape[1:] == (56, 36, 17) and y.shape == x.shape
+    # targets are one-hot per labelled channel
+    sums = y.numpy().sum(axis=(1, 2))
+    assert set(np.round(np.unique(sums), 5)) <= {0.0, 1.0}

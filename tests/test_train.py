@@ -1,0 +1,62 @@
+"""Multi-stage training: recipe checks, a full tiny run, and resuming an interrupted run."""
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import keras
+import pytest
+
+from kerapose.train import load_config, train
+
+RECIPES = Path(__file__).resolve().parents[1] / "training" / "configs"
+
+
+def test_recipes_load():
+    for path in RECIPES.glob("*.yaml"):
+        cfg = load_config(str(path))
+        assert cfg["stages"] and cfg["model"]["name"] == "multiposenet"
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {backbone: resnet18}\nstages: [{name: warmup, epochs: 1}]\ndata: {root: x}\n")
+    with pytest.raises(ValueError, match=r"stages\[0\].name is 'warmup'"):
+        load_config(str(bad))
+    bad.write_text("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
+        load_config(str(bad))
+    bad.write_text("stages: [{name: keypoints, epochs: 1}]\n")
+    with pytest.raises(ValueError, match="data.root"):
+        load_config(str(bad))
+    with pytest.raises(FileNotFoundError):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Kill the run at the start of the second epoch of the first stage."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_interrupted_training_resumes(tmp_path):
+    cfg = load_config(str(RECIPES / "tiny-test.yaml"))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, str(out), verbose=0, extra_callbacks=[_Interrupt()])
+    assert not (out / "progress.json").exists()
+    assert (out / "1-keypoints" / "last.keras").is_file()  # epoch 1 was checkpointed
+    metrics = train(load_config(str(RECIPES / "tiny-test.yaml")), str(out), verbose=0)
+    rows = list(csv.DictReader(open(out / "1-keypoints" / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # resumed at epoch 2, not restarted
+    assert json.load(open(out / "progress.json"))["stages"] == ["1-keypoints", "2-persons", "3-prn"]
+    for key in ("AP", "AP50", "AR"):
+        assert 0.0 <= metrics[key] <= 1.0
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.count_params() > 0 and not os.path.exists(str(out / "model.keras.tmp.keras"))
+    # a third run finds every stage done and only evaluates
+    again = train(load_config(str(RECIPES / "tiny-test.yaml")), str(out), verbose=0)
+    assert again["history"] == {}
