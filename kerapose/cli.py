@@ -61,6 +61,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from kerapose.data.coco import CocoKeypoints
+    from kerapose.models.multiposenet import MultiPoseNet
+    from kerapose.models.registry import load_any_model
+    from kerapose.train import evaluate_model
+
+    model = load_any_model(args.model)
+    if not isinstance(model, MultiPoseNet):
+        raise ValueError(f"{args.model}: kerapose eval takes MultiPoseNet models (got {type(model).__name__})")
+    ds = CocoKeypoints(args.data_root, args.split, keypoint_set=model.keypoint_set)
+    res = evaluate_model(model, ds, input_size=tuple(args.input_size), max_people=args.max_people,
+                         score_threshold=args.score_threshold, progress=not args.json)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{args.model} on {args.split} ({len(ds)} images), keypoint metrics (pycocotools):")
+    for key in ("AP", "AP50", "AP75", "APM", "APL", "AR"):
+        print(f"  {key:5s} {res[key]:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kerapose import __version__
 
@@ -82,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     orc.add_argument("--stride", type=int, default=None, help="codec stride (default: 4 heatmap/prn, 8 paf)")
     orc.add_argument("--json", action="store_true", help="print one JSON object")
     orc.set_defaults(func=_cmd_oracle)
+
+    ev = sub.add_parser("eval", help="COCO keypoint AP of a model on a dataset split (pycocotools)")
+    ev.add_argument("--model", required=True, help="built-in model name or a .keras file")
+    ev.add_argument("--data-root", required=True)
+    ev.add_argument("--split", required=True)
+    ev.add_argument("--input-size", nargs=2, type=int, default=[480, 480], metavar=("H", "W"))
+    ev.add_argument("--max-people", type=int, default=20)
+    ev.add_argument("--score-threshold", type=float, default=0.3)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
 
     tr = sub.add_parser("train", help="multi-stage model.fit training from a YAML recipe")
     tr.add_argument("config", help="YAML recipe, e.g. training/configs/quickstart.yaml")

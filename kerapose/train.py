@@ -299,4 +299,5 @@ def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, 
         results += keypoint_results(image_id, pose["keypoints"], pose["scores"])
         if bar is not None:
             bar.update(n + 1)
-    return evaluate_keypoints(dataset.coco, results, image_ids=ids, keypoint_set=dataset.keypoint_set)
+    return evaluate_keypoints(dataset.coco, results, image_ids=ids, keypoint_set=dataset.keypoint_set,
+                              per_keypoint=True)
