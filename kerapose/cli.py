@@ -82,6 +82,39 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from kerapose.export import export_model
+    from kerapose.models.registry import MODEL_BUILDERS, build_model, load_any_model
+
+    import os as _os
+
+    if args.model in MODEL_BUILDERS or args.model.endswith(".keras"):
+        model = build_model(args.model) if args.model in MODEL_BUILDERS else load_any_model(args.model)
+    elif _os.path.isdir(args.model):
+        model = args.model  # a kerapose SavedModel directory, for the converters
+    else:
+        raise ValueError(f"{args.model!r}: not a built-in model, a .keras file or a SavedModel directory")
+    calibration = args.calibration_data
+    if calibration and _os.path.isdir(calibration) and not any(
+            f.lower().endswith((".jpg", ".jpeg", ".png")) for f in _os.listdir(calibration)):
+        raise ValueError(f"--calibration-data {calibration}: no .jpg/.png images in the folder")
+    options = {"overwrite": args.overwrite}
+    if args.version is not None:
+        options["version"] = args.version
+    path = export_model(model, args.format, args.output, quantize=args.quantize, end_to_end=args.end_to_end,
+                        input_size=tuple(args.input_size) if args.input_size else None,
+                        calibration_images=calibration, max_people=args.max_people, **options)
+    print(f"[kerapose] exported {args.format} -> {path}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from kerapose.serving import serve_main
+
+    serve_main(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kerapose import __version__
 
@@ -114,6 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval)
 
+    from kerapose.export.formats import FORMATS
+
+    ex = sub.add_parser("export", help="export to " + ", ".join(f.name for f in FORMATS))
+    ex.add_argument("--model", required=True, help="built-in model name, .keras file or kerapose SavedModel folder")
+    ex.add_argument("--format", required=True, choices=[f.name for f in FORMATS])
+    ex.add_argument("--quantize", help="; ".join(f"{f.name}: {', '.join(f.quantize)}" for f in FORMATS))
+    ex.add_argument("--calibration-data", help="folder of real images for int8 calibration")
+    ex.add_argument("--end-to-end", action="store_true", help="uint8 image in, people out (decoding in the graph)")
+    ex.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="network input size")
+    ex.add_argument("--max-people", type=int, default=20)
+    ex.add_argument("--version", type=int, help="SavedModel: write OUTPUT/VERSION (TF Serving layout)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--output", required=True)
+    ex.set_defaults(func=_cmd_export)
+
+    from kerapose.serving import add_serve_arguments
+
+    sv = sub.add_parser("serve", help="TensorFlow-Serving-compatible REST server for MODELS_DIR/NAME/VERSION")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=_cmd_serve)
+
     tr = sub.add_parser("train", help="multi-stage model.fit training from a YAML recipe")
     tr.add_argument("config", help="YAML recipe, e.g. training/configs/quickstart.yaml")
     tr.add_argument("--data-root", help="COCO-layout dataset root (overrides the recipe's data)")
@@ -131,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         print(f"kerapose {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -273,6 +273,9 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 json.dump(done, f)
             os.replace(progress_path + ".tmp", progress_path)
     model.freeze_backbone(False)
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task")
+    if task:  # every worker of a cluster records its final weights, so replicas can be compared
+        model.save_weights(os.path.join(output, f"weights-{task['type']}-{task.get('index', 0)}.weights.h5"))
     final = os.path.join(output, "model.keras")
     if chief:
         _atomic_save(model, final)

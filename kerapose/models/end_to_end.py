@@ -44,7 +44,8 @@ class Letterbox(keras.layers.Layer):
         pad_h = self.size[0] - new_hw[0]
         pad_w = self.size[1] - new_hw[1]
         padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
-        padded = tf.ensure_shape(padded, [None, self.size[0], self.size[1], 3])
+        # a reshape (a TFLite builtin, unlike EnsureShape) gives the padded batch its static size
+        padded = tf.reshape(padded, [-1, self.size[0], self.size[1], 3])
         batch = tf.shape(img)[0]
         return padded, tf.fill([batch], scale)
 

@@ -1,0 +1,251 @@
+"""TFLite / LiteRT export (fp32, fp16 weights, dynamic-range, full int8) and a small runner.
+
+Conversion starts from the SavedModel of :mod:`kerapose.export.savedmodel` (the Keras export
+path: a raw ``tf.Module`` around a Keras 3 model converts with resource variables and gives NaN
+outputs) and allows TFLite builtin ops only, so the file runs in ai-edge-litert and on devices
+without the Flex delegate.
+
+Quantization (``quantize``):
+
+- ``none``: float32.
+- ``fp16``: float16 weights, dequantized to float32 at load time on CPU (half the file size;
+  GPU delegates can run it in fp16).
+- ``dynamic``: int8 weights, activations quantized on the fly (no calibration data).
+- ``int8``: weights and activations int8, ranges calibrated on real images
+  (``calibration_images``). Inputs and outputs stay float32 unless ``integer_io=True``
+  (int8 tensors, for integer-only accelerators). Raw network only: on the end-to-end graph
+  full-integer quantization reaches the decoder (measured: the NMS loop's IoU division fails
+  with ``div.cc data[i] != zero_point``, and pixel coordinates would be 8-bit), so
+  ``end_to_end=True`` takes ``none``, ``fp16`` or ``dynamic``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, resolve_input_size, savedmodel_source
+
+__all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images"]
+
+TFLITE_QUANTIZE = ("none", "fp16", "dynamic", "int8")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def _read_rgb(path: str) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"calibration image {path} could not be read")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def letterbox_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an RGB uint8 image into ``size`` keeping its aspect ratio, pad bottom/right with 0
+    (what the end-to-end graph's Letterbox does before the network)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    scale = min(size[0] / h, size[1] / w)
+    nh, nw = min(max(round(h * scale), 1), size[0]), min(max(round(w * scale), 1), size[1])
+    out = np.zeros((size[0], size[1], 3), np.uint8)
+    out[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def load_calibration_images(images, input_size: tuple[int, int], limit: int = 100) -> np.ndarray:
+    """Calibration images as uint8 ``[N, H, W, 3]`` letterboxed into ``input_size``.
+
+    ``images``: a directory (its .jpg/.png files), or a sequence of image paths and/or RGB uint8
+    arrays ``[H, W, 3]``. At most ``limit`` images are used.
+    """
+    if isinstance(images, (str, os.PathLike)):
+        folder = os.fspath(images)
+        if not os.path.isdir(folder):
+            raise ValueError(f"calibration_images: {folder} is not a directory")
+        images = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(_IMAGE_SUFFIXES))
+    images = list(images)[:limit]
+    if not images:
+        raise ValueError("calibration_images is empty: int8 calibration needs real images")
+    out = []
+    for i, item in enumerate(images):
+        arr = _read_rgb(os.fspath(item)) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
+        if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"calibration image {i}: expected RGB uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
+        out.append(letterbox_uint8(arr, input_size))
+    return np.stack(out)
+
+
+def _converter(saved_model_dir: str, quantize: str, calibration: np.ndarray | None,
+               integer_io: bool) -> tf.lite.TFLiteConverter:
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[SIGNATURE_KEY])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex ops
+    if quantize == "none":
+        return conv
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        def representative() -> Iterator[dict]:
+            for x in calibration:
+                yield {"image": x[None]}
+
+        conv.representative_dataset = representative
+        if integer_io:
+            conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            conv.inference_input_type = tf.int8
+            conv.inference_output_type = tf.int8
+    return conv
+
+
+def export_tflite(
+    model,
+    output: str,
+    *,
+    quantize: str | None = None,
+    end_to_end: bool = False,
+    input_size=None,
+    calibration_images=None,
+    max_people: int = 20,
+    score_threshold: float = 0.3,
+    iou_threshold: float = 0.5,
+    num_calibration: int = 100,
+    integer_io: bool = False,
+    overwrite: bool = False,
+) -> str:
+    """Convert a Keras model (or a SavedModel directory written by kerapose) to one .tflite file.
+
+    Args:
+        model: a Keras model, or the path of a SavedModel with a ``serving_default`` signature.
+        output: the .tflite path (written atomically).
+        quantize: one of :data:`TFLITE_QUANTIZE` (None = ``"none"``).
+        end_to_end: convert ``model.end_to_end(...)``: uint8 image of any size -> poses.
+        input_size: network input (H, W) (multiples of the model's stride).
+        calibration_images: for ``int8``: a directory or a list of image paths / RGB uint8 arrays.
+        num_calibration: at most this many calibration images.
+        integer_io: with ``int8``, int8 input and outputs instead of float32.
+        overwrite: replace an existing file (refused otherwise: FileExistsError).
+
+    Returns the absolute path written.
+    """
+    quantize = "none" if quantize is None else quantize
+    if quantize not in TFLITE_QUANTIZE:
+        raise ValueError(f"tflite quantize={quantize!r} is not supported; accepted: {', '.join(TFLITE_QUANTIZE)}")
+    if integer_io and quantize != "int8":
+        raise ValueError(f"integer_io=True needs quantize='int8', got quantize={quantize!r}")
+    if quantize == "int8" and end_to_end:
+        raise ValueError("tflite quantize='int8' does not work with end_to_end=True: full-integer quantization "
+                         "reaches the in-graph decoder (NMS IoU divisions fail on int8; box and keypoint pixel "
+                         "coordinates would be 8-bit); accepted with end_to_end: none, fp16, dynamic. Export the "
+                         "raw network as int8 and decode outside, or use quantize='dynamic'")
+    if quantize == "int8" and calibration_images is None:
+        raise ValueError("quantize='int8' needs calibration_images (a directory or a list of image paths/arrays)")
+    if quantize != "int8" and calibration_images is not None:
+        raise ValueError(f"calibration_images are only used with quantize='int8', got quantize={quantize!r}")
+    calibration = None
+    if quantize == "int8":  # read the images first: a bad list fails before the slow export
+        if isinstance(model, (str, os.PathLike)):
+            spec = _savedmodel_image_spec(os.fspath(model))
+            hw, dtype = (spec.shape[1], spec.shape[2]), spec.dtype.as_numpy_dtype
+        else:
+            hw, dtype = resolve_input_size(model, input_size), np.float32
+        calibration = load_calibration_images(calibration_images, hw, limit=num_calibration).astype(dtype)
+    with savedmodel_source(model, end_to_end=end_to_end, input_size=input_size, max_people=max_people,
+                           score_threshold=score_threshold, iou_threshold=iou_threshold) as sm_dir:
+        flatbuffer = _converter(sm_dir, quantize, calibration, integer_io).convert()
+    with atomic_file(output, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(flatbuffer)
+    return os.path.abspath(output)
+
+
+def _savedmodel_image_spec(saved_model_dir: str) -> tf.TensorSpec:
+    """The ``image`` input spec of a SavedModel; its (H, W) must be fixed to letterbox calibration images."""
+    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise ValueError(f"{saved_model_dir} is not a SavedModel directory (no saved_model.pb)")
+    loaded = tf.saved_model.load(saved_model_dir)
+    inputs = loaded.signatures[SIGNATURE_KEY].structured_input_signature[1]
+    if "image" not in inputs:
+        raise ValueError(f"{saved_model_dir}: signature {SIGNATURE_KEY!r} has no 'image' input ({sorted(inputs)})")
+    spec = inputs["image"]
+    if spec.shape[1] is None or spec.shape[2] is None:
+        raise ValueError(f"{saved_model_dir} takes images of any size (an end-to-end SavedModel): int8 needs "
+                         f"the raw network, whose image size is fixed")
+    return spec
+
+
+class TFLiteRunner:
+    """Run a .tflite file's ``serving_default`` signature with ai-edge-litert.
+
+    ``runner(image=x)`` or ``runner(x)`` returns ``{output name: array}``. Input tensors are
+    resized to the given batch (and image size, for dynamic shapes); quantized (int8) inputs are
+    quantized from float and quantized outputs dequantized with the tensors' own scales.
+    """
+
+    def __init__(self, path: str, num_threads: int = 2, signature: str = SIGNATURE_KEY):
+        from ai_edge_litert.interpreter import Interpreter
+
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFLite model not found: {path}")
+        self.path = path
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        signatures = self.interpreter.get_signature_list()
+        if signature not in signatures:
+            raise ValueError(f"{path} has no signature {signature!r}; it has: {', '.join(signatures)}")
+        self._runner = self.interpreter.get_signature_runner(signature)
+        self.input_details = self._runner.get_input_details()
+        self.output_details = self._runner.get_output_details()
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.input_details)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.output_details)
+
+    def _prepare(self, name: str, value) -> np.ndarray:
+        d = self.input_details[name]
+        x = np.asarray(value)
+        want = tuple(int(s) for s in d["shape_signature"])
+        if x.ndim != len(want) or any(w != -1 and w != g for w, g in zip(want, x.shape)):
+            raise ValueError(f"input {name!r}: expected shape {want} (-1 = any), got {x.shape}")
+        dtype = np.dtype(d["dtype"])
+        scale, zero = d["quantization"]
+        if dtype.kind in "iu" and scale > 0 and x.dtype.kind == "f":
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        if dtype.kind == "f" or x.dtype == dtype:
+            return np.ascontiguousarray(x, dtype=dtype)  # float models also take uint8 pixels
+        raise ValueError(f"input {name!r}: expected dtype {dtype.name}, got {x.dtype.name}")
+
+    def __call__(self, inputs=None, **named) -> dict[str, np.ndarray]:
+        if inputs is not None:
+            if named:
+                raise ValueError("pass inputs either as one array/dict or as keywords, not both")
+            if isinstance(inputs, dict):
+                named = dict(inputs)
+            elif len(self.input_details) == 1:
+                named = {self.input_names[0]: inputs}
+            else:
+                raise ValueError(f"this model has inputs {self.input_names}: pass a dict")
+        missing = set(self.input_details) - set(named)
+        extra = set(named) - set(self.input_details)
+        if missing or extra:
+            raise ValueError(f"inputs: expected {sorted(self.input_details)}, got {sorted(named)}")
+        feed = {k: self._prepare(k, v) for k, v in named.items()}
+        raw = self._runner(**feed)
+        out = {}
+        for name, value in raw.items():
+            d = self.output_details[name]
+            scale, zero = d["quantization"]
+            value = np.array(value)
+            if value.dtype.kind in "iu" and scale > 0:
+                value = ((value.astype(np.float32) - zero) * scale).astype(np.float32)
+            out[name] = value
+        return out
