@@ -479,3 +479,37 @@ def test_cli_arguments():
     assert opts.batching.max_batch_size == 4 and opts.max_body_bytes == 1024 * 1024
     with pytest.raises(ValueError, match="request_timeout"):
         build_options(request_timeout=0)
+
+
+def test_serves_a_real_kerapose_end_to_end_export(tmp_path, coco_val):
+    """export_model(..., end_to_end=True, version=1) -> kerapose serve -> :pose equals the SavedModel."""
+    import keras
+
+    from kerapose.export import export_model
+    from kerapose.models import MultiPoseNet
+
+    keras.utils.set_random_seed(11)
+    model = MultiPoseNet("resnet18", fpn_size=32, keypoint_head_size=16, keypoint_fuse_size=32, prn_hidden=16)
+    models = tmp_path / "models"
+    export_model(model, "savedmodel", str(models / "mpn"), end_to_end=True, input_size=(128, 128), max_people=5,
+                 version=1, score_threshold=0.0)
+    rec = coco_val.record(coco_val.image_ids[0])
+    with open(rec.path, "rb") as f:
+        jpeg = f.read()
+    running = RunningServer(create_app(str(models), ServerOptions(poll_interval=0.5, threads=2)))
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as c:
+            assert c.get("/v1/models/mpn").json()["model_version_status"][0]["state"] == "AVAILABLE"
+            people = c.post("/v1/models/mpn:pose", content=jpeg).json()
+            pred = c.post("/v1/models/mpn:predict",
+                          json={"instances": [{"b64": base64.b64encode(jpeg).decode()}]}).json()["predictions"][0]
+    finally:
+        running.stop()
+    sig = tf.saved_model.load(str(models / "mpn" / "1")).signatures["serving_default"]
+    ref = sig(image=tf.io.decode_jpeg(jpeg, channels=3)[None])
+    n = int(ref["num_poses"][0])
+    assert len(people) == n == pred["num_poses"] == 5
+    np.testing.assert_allclose(np.array([p["keypoints"] for p in people]), ref["keypoints"][0, :n], atol=1e-3)
+    np.testing.assert_allclose(pred["boxes"], ref["boxes"][0], atol=1e-3)
+    # coordinates are in the original image's pixels, not the 128x128 network input
+    assert np.array([p["box"] for p in people])[:, 2].max() > 128
