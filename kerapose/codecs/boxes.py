@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerapose.codecs.grid import cell_to_pixel, output_size
+from kerapose.codecs.grid import cell_to_pixel, check_image_hw, output_size
 
 __all__ = ["BoxCodec", "box_iou", "nms", "oracle_boxes"]
 
@@ -86,16 +86,6 @@ def _valid_boxes(boxes, image_hw: tuple[int, int], name: str) -> np.ndarray:
     h, w = image_hw
     b = np.stack([np.clip(b[:, 0], 0, w), np.clip(b[:, 1], 0, h), np.clip(b[:, 2], 0, w), np.clip(b[:, 3], 0, h)], 1)
     return b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
-
-
-def _image_hw(image_hw) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_hw: expected (height, width) integers, got {image_hw!r}") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image_hw: expected positive (height, width), got {(h, w)}")
-    return h, w
 
 
 class BoxCodec:
@@ -180,7 +170,7 @@ class BoxCodec:
 
     def level_shapes(self, image_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """Grid size ``ceil(H / s), ceil(W / s)`` of each level."""
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         return [output_size(hw, s) for s in self.strides]
 
     def num_anchors(self, image_hw: tuple[int, int]) -> int:
@@ -197,7 +187,7 @@ class BoxCodec:
 
     def anchors(self, image_hw: tuple[int, int]) -> np.ndarray:
         """All anchors ``[A, 4]`` (x1, y1, x2, y2) float32 for an input of ``image_hw``, in head order."""
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         if hw not in self._cache:
             levels = []
             for stride, size, (gh, gw) in zip(self.strides, self.sizes, self.level_shapes(hw)):
@@ -223,7 +213,7 @@ class BoxCodec:
         anchor's box (-1 elsewhere), and the boxes left after clipping to the image and
         dropping NaN and empty ones.
         """
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         anchors = self.anchors(hw).astype(np.float64)
         gt = _valid_boxes(boxes, hw, "boxes")
         crowd = _valid_boxes(ignore_boxes, hw, "ignore_boxes")
@@ -293,7 +283,7 @@ class BoxCodec:
             ``cls_target [A, 1]`` float32 (1 positive, 0 negative, -1 ignore) and
             ``box_target [A, 4]`` float32 (zero except at positives).
         """
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         labels, matched, gt = self.match(boxes, hw, ignore_boxes)
         box_target = np.zeros((len(labels), 4), np.float32)
         pos = matched >= 0
@@ -335,7 +325,7 @@ class BoxCodec:
         ``from_logits=False``). Anchors scoring above ``score_threshold`` (at most
         ``pre_nms_top_k`` of them) are decoded, clipped to the image and reduced by NMS.
         """
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         cls = np.asarray(cls_logits, np.float64)
         deltas = np.asarray(box_deltas, np.float64)
         self._check_outputs(cls, deltas, hw, batched=False)
@@ -381,7 +371,7 @@ class BoxCodec:
         """
         import tensorflow as tf
 
-        hw = _image_hw(image_hw)
+        hw = check_image_hw(image_hw)
         self._check_outputs(cls_logits, box_deltas, hw, batched=True)
         anchors = tf.constant(self.anchors(hw), tf.float32)
         cls = tf.cast(cls_logits, tf.float32)
@@ -421,7 +411,7 @@ def oracle_boxes(codec: BoxCodec, record, image_hw: tuple[int, int] | None = Non
     trip through both halves of the codec: what it loses (people without a positive anchor,
     neighbours merged by NMS) bounds any model's box AP.
     """
-    hw = (record.height, record.width) if image_hw is None else _image_hw(image_hw)
+    hw = (record.height, record.width) if image_hw is None else check_image_hw(image_hw)
     crowd = np.asarray(record.iscrowd, bool)
     cls_t, box_t = codec.encode(record.boxes[~crowd], hw, ignore_boxes=record.boxes[crowd])
     logits = np.where(cls_t > 0, 10.0, -10.0)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["pixel_to_cell", "cell_to_pixel", "output_size"]
+__all__ = ["pixel_to_cell", "cell_to_pixel", "output_size", "check_image_hw"]
 
 
 def pixel_to_cell(coord, stride: int):
@@ -30,3 +30,14 @@ def output_size(image_hw: tuple[int, int], stride: int) -> tuple[int, int]:
     """Output grid size of a ``SAME``-padded network at ``stride``: ``ceil(H/s), ceil(W/s)``."""
     h, w = image_hw
     return math.ceil(h / stride), math.ceil(w / stride)
+
+
+def check_image_hw(image_hw) -> tuple[int, int]:
+    """``(height, width)`` as positive ints, or a ValueError naming the bad value."""
+    try:
+        h, w = (int(v) for v in image_hw)
+    except (TypeError, ValueError):
+        raise ValueError(f"image_hw: expected (height, width), got {image_hw!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"image_hw: expected positive (height, width), got {image_hw!r}")
+    return h, w

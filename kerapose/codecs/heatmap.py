@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerapose.codecs.grid import cell_to_pixel, output_size, pixel_to_cell
+from kerapose.codecs.grid import cell_to_pixel, output_size, pixel_to_cell, check_image_hw
 from kerapose.skeleton import KeypointSet, get_keypoint_set
 
 __all__ = ["HeatmapCodec", "oracle_keypoints", "LOG_EPS"]
@@ -81,7 +81,7 @@ class HeatmapCodec:
         }
 
     def output_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        return output_size(_check_hw(image_hw), self.stride)
+        return output_size(check_image_hw(image_hw), self.stride)
 
     # ------------------------------------------------------------------ encode
     def encode(self, keypoints: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -238,16 +238,6 @@ def _parabola_offset_tf(lo, c, hi, ok):
     good = tf.logical_and(ok, curv < 0.0)
     off = 0.5 * (lo - hi) / tf.where(good, curv, -tf.ones_like(curv))
     return tf.where(good, tf.clip_by_value(off, -0.5, 0.5), tf.zeros_like(off))
-
-
-def _check_hw(image_hw) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_hw: expected (height, width), got {image_hw!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"image_hw: expected positive (height, width), got {image_hw!r}")
-    return h, w
 
 
 def _check_keypoints(keypoints, k: int) -> np.ndarray:

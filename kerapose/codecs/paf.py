@@ -21,22 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from kerapose.codecs.grid import output_size, pixel_to_cell
+from kerapose.codecs.grid import output_size, pixel_to_cell, check_image_hw
 from kerapose.codecs.grouping import group_people, limb_order
 from kerapose.codecs.heatmap import HeatmapCodec
 from kerapose.skeleton import KeypointSet, coco17_to_openpose18, get_keypoint_set
 
 __all__ = ["PafCodec"]
-
-
-def _check_hw(image_hw) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in image_hw)
-    except (TypeError, ValueError):
-        raise ValueError(f"image_hw: expected (height, width), got {image_hw!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"image_hw: expected positive (height, width), got {image_hw!r}")
-    return h, w
 
 
 class PafCodec:
@@ -121,7 +111,7 @@ class PafCodec:
         }
 
     def output_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
-        return output_size(_check_hw(image_hw), self.stride)
+        return output_size(check_image_hw(image_hw), self.stride)
 
     # ------------------------------------------------------------------ encode
     def encode(self, keypoints: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
@@ -196,7 +186,7 @@ class PafCodec:
         if hm.shape[:2] != pf.shape[:2]:
             raise ValueError(f"heatmaps {hm.shape[:2]} and pafs {pf.shape[:2]} must share one grid")
         if image_hw is not None:
-            image_hw = _check_hw(image_hw)
+            image_hw = check_image_hw(image_hw)
         peaks = self.heatmap_codec.decode_peaks(hm[..., : ks.num_keypoints])
         return group_people(
             peaks, pf, ks, self.stride, image_hw, order=self.order, **self.grouping
