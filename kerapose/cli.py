@@ -162,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", required=True)
     ex.set_defaults(func=_cmd_export)
 
+    from kerapose.predict import add_predict_arguments, predict_main
+
+    pr = sub.add_parser("predict", help="poses for images, folders or videos; annotated outputs + COCO-style JSON")
+    add_predict_arguments(pr)
+    pr.set_defaults(func=predict_main)
+
     from kerapose.serving import add_serve_arguments
 
     sv = sub.add_parser("serve", help="TensorFlow-Serving-compatible REST server for MODELS_DIR/NAME/VERSION")

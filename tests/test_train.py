@@ -63,3 +63,33 @@ def test_interrupted_training_resumes(tmp_path):
     # a third run finds every stage done and only evaluates
     again = train(load_config(str(RECIPES / "tiny-test.yaml")), str(out), verbose=0)
     assert again["history"] == {}
+
+
+def test_mixed_precision_outputs_float32_and_trains():
+    import numpy as np
+
+    from kerapose.losses import MaskedL2
+    from kerapose.models import MultiPoseNet
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = MultiPoseNet("resnet18", fpn_size=16, keypoint_head_size=8, keypoint_fuse_size=16, prn_hidden=8)
+        assert model.get_layer("keypoint_subnet").compute_dtype == "float16"
+        x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+        out = model(x)
+        assert all(v.dtype == "float32" for v in out.values())
+        people = model.predict_poses([x[0].astype("uint8")], input_size=(64, 64), max_people=3, score_threshold=0.0)
+        assert people[0]["keypoints"].dtype == np.float32 and len(people[0]["scores"]) == 3
+        sub = model.keypoint_model
+        sub.compile(optimizer=keras.optimizers.Adam(1e-3), loss={k: MaskedL2() for k in sub.output})
+        y = {k: np.concatenate([np.zeros((2, 16, 16, 18)), np.ones((2, 16, 16, 1))], -1).astype("float32")
+             for k in sub.output}
+        first = sub.train_on_batch(x, y, return_dict=True)["loss"]
+        # mixed precision wraps the optimizer in dynamic loss scaling: the first steps overflow
+        # float16 gradients, are skipped and halve the scale, then training proceeds
+        assert isinstance(sub.optimizer, keras.optimizers.LossScaleOptimizer)
+        for _ in range(20):
+            last = sub.train_on_batch(x, y, return_dict=True)["loss"]
+        assert np.isfinite(first) and np.isfinite(last) and last < first
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -48,5 +48,5 @@ def pose_residual_network(
     x = layers.Dense(size, name=f"{name}_fc2")(x)
     x = layers.Add(name=f"{name}_residual")([x, flat])
     x = layers.Reshape((h, w, num_keypoints), name=f"{name}_reshape")(x)
-    out = SpatialSoftmax(name=f"{name}_softmax")(x)
+    out = SpatialSoftmax(name=f"{name}_softmax", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inp, out, name=name)

@@ -153,11 +153,12 @@ def multiposenet_end_to_end(
     if max_people < 1:
         raise ValueError(f"max_people must be >= 1, got {max_people}")
     image = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
-    resized, scale = Letterbox((h, w), name="letterbox")(image)
+    # float32 whatever the global policy: decoding under mixed_float16 would lose pixel precision
+    resized, scale = Letterbox((h, w), name="letterbox", dtype="float32")(image)
     out = model(resized)
     decoder = MultiPoseNetDecoder(model.prn, (h, w), model.keypoint_set.name, max_people=max_people,
                                   score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                  prn_margin=prn_margin, name="decoder")
+                                  prn_margin=prn_margin, name="decoder", dtype="float32")
     people = decoder(out["heatmaps"], out["person_logits"], out["person_boxes"], scale)
-    people = {k: keras.layers.Identity(name=k)(v) for k, v in people.items()}
+    people = {k: keras.layers.Identity(name=k, dtype=v.dtype)(v) for k, v in people.items()}
     return keras.Model(image, people, name=f"{model.name}_end_to_end")

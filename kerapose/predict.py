@@ -1,0 +1,439 @@
+"""`kerapose predict`: poses for images, folders and videos, with any kerapose model format.
+
+:class:`PosePredictor` hides where the model came from (a built-in name, a ``.keras`` file, an
+end-to-end SavedModel, ``.tflite`` or ``.onnx`` export): calling it on an RGB uint8 image gives
+``keypoints [N, K, 3]``, ``scores [N]`` and ``boxes [N, 4]`` in that image's pixels.
+:func:`predict_paths` runs it over inputs and writes annotated images / videos and a COCO-style
+``predictions.json``; :func:`add_predict_arguments` / :func:`predict_main` are the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "VIDEO_SUFFIXES",
+    "PosePredictor",
+    "PredictSummary",
+    "add_predict_arguments",
+    "collect_inputs",
+    "predict_main",
+    "predict_paths",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+MAX_PIXELS = 50_000_000  # larger images are downscaled first: bounded memory for decode + drawing
+_E2E_OUTPUTS = ("keypoints", "scores", "boxes", "num_poses")
+
+
+def _keypoint_set_for(k: int) -> str:
+    """The registered keypoint set with ``k`` keypoints (COCO-17 first), for drawing exported models."""
+    from kerapose.skeleton import available_keypoint_sets, get_keypoint_set
+
+    names = sorted(available_keypoint_sets(), key=lambda n: n != "coco17")
+    for name in names:
+        if get_keypoint_set(name).num_keypoints == k:
+            return name
+    raise ValueError(f"no registered keypoint set has {k} keypoints; register one (kerapose.skeleton) to draw it")
+
+
+def _check_e2e_outputs(names, source: str) -> None:
+    missing = [n for n in _E2E_OUTPUTS if n not in set(names)]
+    if missing:
+        raise ValueError(f"{source} is not an end-to-end export (outputs {sorted(names)}, missing "
+                         f"{', '.join(missing)}): predict needs an end-to-end export "
+                         f"(kerapose export --format ... --end-to-end) that takes a uint8 image and returns poses")
+
+
+def _unpad(out: dict) -> dict:
+    """Batch-1 end-to-end outputs -> the first ``num_poses`` people."""
+    n = int(np.asarray(out["num_poses"]).reshape(-1)[0])
+    return {k: np.asarray(out[k])[0, :n].astype(np.float32) for k in ("keypoints", "scores", "boxes")}
+
+
+class PosePredictor:
+    """RGB uint8 image -> people, whatever the model format.
+
+    Build it with :meth:`load`; ``predictor(image)`` returns ``{"keypoints": [N, K, 3] (x, y,
+    score), "scores": [N], "boxes": [N, 4] (x1, y1, x2, y2)}`` in the image's pixels, people
+    scoring below ``score_threshold`` removed.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], dict], keypoint_set: str, source: str, kind: str,
+                 score_threshold: float = 0.3):
+        self._run = run
+        self.keypoint_set = keypoint_set
+        self.source = source
+        self.kind = kind
+        self.score_threshold = float(score_threshold)
+
+    @classmethod
+    def load(cls, model: str, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
+             score_threshold: float = 0.3, num_threads: int = 2) -> "PosePredictor":
+        """A predictor for ``model``: a built-in name (random weights), a ``.keras`` file, an
+        end-to-end SavedModel directory, or an end-to-end ``.tflite`` / ``.onnx`` file.
+
+        ``input_size``, ``max_people`` apply to Keras models (exports fixed them at export time);
+        ``score_threshold`` applies to all (for exports, on top of the export's own threshold);
+        ``num_threads`` to the TFLite and ONNX runtimes.
+        """
+        from kerapose.models.registry import MODEL_BUILDERS
+
+        model = os.fspath(model)
+        if model in MODEL_BUILDERS or model.endswith(".keras"):
+            import kerapose.models.end_to_end  # noqa: F401  (registers the decoder layers of end-to-end .keras files)
+            from kerapose.models.registry import load_any_model
+
+            return cls._from_keras(load_any_model(model), model, input_size, max_people, score_threshold)
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"model not found: {model}")
+        if os.path.isdir(model):
+            return cls._from_savedmodel(model, score_threshold)
+        if model.endswith(".tflite"):
+            from kerapose.export.tflite import TFLiteRunner
+
+            runner = TFLiteRunner(model, num_threads=num_threads)
+            return cls._from_runner(runner, runner.output_details, model, "tflite", score_threshold)
+        if model.endswith(".onnx"):
+            from kerapose.export.onnx import OnnxRunner
+
+            runner = OnnxRunner(model, num_threads=num_threads)
+            shapes = {o.name: o.shape for o in runner.session.get_outputs()}
+            return cls._from_runner(runner, shapes, model, "onnx", score_threshold)
+        raise ValueError(f"{model!r}: not a built-in model ({', '.join(MODEL_BUILDERS)}), a .keras file, a "
+                         f"SavedModel directory, or a .tflite / .onnx file")
+
+    @classmethod
+    def _from_keras(cls, model, source: str, input_size, max_people: int, score_threshold: float):
+        if callable(getattr(model, "predict_poses", None)):
+            hw = (int(input_size[0]), int(input_size[1]))
+
+            def run(img: np.ndarray) -> dict:
+                return model.predict_poses([img], input_size=hw, max_people=max_people,
+                                           score_threshold=score_threshold)[0]
+
+            return cls(run, model.keypoint_set.name, source, "keras", score_threshold)
+        names = list(model.output.keys()) if isinstance(model.output, dict) else []
+        _check_e2e_outputs(names, f"{source} ({type(model).__name__})")
+        import tensorflow as tf
+
+        graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+        k = int(model.output["keypoints"].shape[2])
+        return cls(lambda img: _unpad(graph(img[None])), _keypoint_set_for(k), source, "keras", score_threshold)
+
+    @classmethod
+    def _from_savedmodel(cls, path: str, score_threshold: float):
+        import tensorflow as tf
+
+        from kerapose.export.savedmodel import SIGNATURE_KEY
+
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(f"{path} is a directory but not a SavedModel (no saved_model.pb)")
+        loaded = tf.saved_model.load(path)
+        if SIGNATURE_KEY not in loaded.signatures:
+            raise ValueError(f"{path} has no {SIGNATURE_KEY!r} signature (it has {list(loaded.signatures)})")
+        sig = loaded.signatures[SIGNATURE_KEY]
+        _check_e2e_outputs(list(sig.structured_outputs), f"SavedModel {path}")
+        spec = sig.structured_input_signature[1].get("image")
+        if spec is None or spec.dtype != tf.uint8:
+            raise ValueError(f"SavedModel {path}: expected a uint8 'image' input (end-to-end export), got {spec}")
+        k = int(sig.structured_outputs["keypoints"].shape[2])
+
+        def run(img: np.ndarray) -> dict:
+            return _unpad({k_: v.numpy() for k_, v in sig(image=tf.constant(img[None])).items()})
+
+        predictor = cls(run, _keypoint_set_for(k), path, "savedmodel", score_threshold)
+        predictor._keep = loaded  # the signature needs its SavedModel alive
+        return predictor
+
+    @classmethod
+    def _from_runner(cls, runner, output_shapes: dict, source: str, kind: str, score_threshold: float):
+        _check_e2e_outputs(list(output_shapes), f"{kind} file {source}")
+        k = output_shapes["keypoints"]
+        k = k.get("shape_signature", k.get("shape")) if isinstance(k, dict) else k
+        return cls(lambda img: _unpad(runner(image=img[None])), _keypoint_set_for(int(k[2])), source, kind,
+                   score_threshold)
+
+    def __call__(self, rgb_uint8: np.ndarray) -> dict:
+        img = np.asarray(rgb_uint8)
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image [H, W, 3], got shape {img.shape}")
+        if img.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
+        out = self._run(np.ascontiguousarray(img))
+        keep = np.asarray(out["scores"]) >= self.score_threshold
+        return {k: np.asarray(out[k], np.float32)[keep] for k in ("keypoints", "scores", "boxes")}
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_paths` did (``as_dict`` is the ``--json`` object)."""
+
+    out: str = ""
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    people: int = 0
+    resized: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # {"path", "reason"}: files that were not inputs
+    errors: list = field(default_factory=list)  # {"path", "error"}: inputs that failed
+    outputs: list = field(default_factory=list)
+    predictions: str = ""
+
+    @property
+    def processed(self) -> int:
+        return self.images + self.frames
+
+    def as_dict(self) -> dict:
+        return {"out": self.out, "images": self.images, "videos": self.videos, "frames": self.frames,
+                "people": self.people, "resized": self.resized, "skipped": self.skipped,
+                "errors": self.errors, "outputs": self.outputs, "predictions": self.predictions}
+
+
+def collect_inputs(paths: list[str], summary: PredictSummary) -> list[str]:
+    """Expand folders (non-recursive, sorted) into their image and video files.
+
+    Missing paths raise FileNotFoundError naming the path; files of other kinds inside a folder
+    are recorded in ``summary.skipped``; a folder with no image or video is an error for it.
+    """
+    for p in paths:
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"input not found: {p}")
+    files = []
+    for p in paths:
+        if not os.path.isdir(p):
+            files.append(p)
+            continue
+        found = []
+        for name in sorted(os.listdir(p)):
+            full = os.path.join(p, name)
+            if not os.path.isfile(full):
+                continue
+            if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
+                found.append(full)
+            else:
+                summary.skipped.append({"path": full, "reason": "not an image or video file suffix"})
+        if not found:
+            summary.errors.append({"path": p, "error": f"folder {p} has no images or videos "
+                                   f"({', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"})
+        files.extend(found)
+    return files
+
+
+def _limit_pixels(img: np.ndarray, max_pixels: int) -> tuple[np.ndarray, float]:
+    """Downscale an image above ``max_pixels`` (INTER_AREA); returns it and the factor applied."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if h * w <= max_pixels:
+        return img, 1.0
+    f = (max_pixels / float(h * w)) ** 0.5
+    size = (max(1, int(w * f)), max(1, int(h * f)))
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA), f
+
+
+class _ImageIds:
+    """COCO image ids: a COCO-style name (``000000000139.jpg``) gives its own id, so the results
+    evaluate against COCO annotations directly; other images and video frames get the next free id."""
+
+    def __init__(self):
+        self.used: set[int] = set()
+        self.next = 1
+
+    def get(self, stem: str | None = None) -> int:
+        if stem is not None and stem.isdigit() and int(stem) not in self.used:
+            self.used.add(int(stem))
+            return int(stem)
+        while self.next in self.used:
+            self.next += 1
+        self.used.add(self.next)
+        return self.next
+
+
+class _Outputs:
+    """Unique output names in ``out`` (two inputs called ``a.jpg`` in different folders)."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.used: set[str] = set()
+
+    def path(self, stem: str, suffix: str) -> str:
+        name, i = f"{stem}{suffix}", 1
+        while name in self.used:
+            name, i = f"{stem}_{i}{suffix}", i + 1
+        self.used.add(name)
+        return os.path.join(self.out, name)
+
+
+def _results(poses: dict, image_id: int, file_name: str, scale: float, frame: int | None = None) -> list[dict]:
+    """COCO-style result rows (keypoints flat, score, bbox x, y, w, h) in original pixels."""
+    from kerapose.evaluation import keypoint_results
+
+    kp = poses["keypoints"].astype(np.float64).copy()
+    kp[..., :2] /= scale
+    boxes = poses["boxes"].astype(np.float64) / scale
+    rows = keypoint_results(image_id, kp, poses["scores"])
+    finite = np.isfinite(kp).all(axis=(1, 2)) & np.isfinite(poses["scores"])
+    for row, (x1, y1, x2, y2) in zip(rows, boxes[finite]):
+        row["bbox"] = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+        row["file_name"] = file_name
+        if frame is not None:
+            row["frame"] = frame
+    return rows
+
+
+def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_pixels: int = MAX_PIXELS,
+                  draw: bool = True, progress: bool = True, log: Callable[[str], None] | None = None
+                  ) -> PredictSummary:
+    """Run ``predictor`` over images, folders and videos; write annotated copies and
+    ``predictions.json`` (written atomically) into ``out``.
+
+    Images above ``max_pixels`` are downscaled first (and said so in ``summary.resized``);
+    coordinates in predictions.json are in the original image's pixels.
+    """
+    import cv2
+
+    from kerapose.data.pipeline import read_image
+    from kerapose.evaluation import write_results
+    from kerapose.visualize import draw_poses
+
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    summary = PredictSummary(out=os.path.abspath(out))
+    files = collect_inputs(list(paths), summary)
+    for err in summary.errors:  # empty folders
+        log(f"[kerapose] error: {err['error']}")
+    os.makedirs(out, exist_ok=True)
+    names = _Outputs(out)
+    results: list[dict] = []
+    ids = _ImageIds()
+    bar = None
+    if progress and files:
+        import keras
+
+        bar = keras.utils.Progbar(len(files), unit_name="input")
+
+    def annotate(img: np.ndarray, poses: dict) -> np.ndarray:
+        return draw_poses(img, poses["keypoints"], poses["boxes"], poses["scores"],
+                          keypoint_set=predictor.keypoint_set)
+
+    for step, path in enumerate(files, 1):
+        base = os.path.basename(path)
+        stem, suffix = os.path.splitext(base)
+        if suffix.lower() in VIDEO_SUFFIXES:
+            cap = cv2.VideoCapture(path)
+            writer = None
+            frames = 0
+            try:
+                if not cap.isOpened():
+                    raise ValueError(f"{path}: not a readable video")
+                fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+                while True:
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    rgb, scale = _limit_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_pixels)
+                    poses = predictor(rgb)
+                    results += _results(poses, ids.get(), base, scale, frame=frames)
+                    summary.people += len(poses["scores"])
+                    if draw:
+                        if writer is None:
+                            target = names.path(f"{stem}_pose", ".mp4")
+                            writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
+                                                     (rgb.shape[1], rgb.shape[0]))
+                            if not writer.isOpened():
+                                raise ValueError(f"{target}: cannot open an mp4v video writer")
+                            summary.outputs.append(target)
+                        writer.write(cv2.cvtColor(annotate(rgb, poses), cv2.COLOR_RGB2BGR))
+                    frames += 1
+                if frames == 0:
+                    raise ValueError(f"{path}: not a readable video (no frame could be decoded)")
+                summary.videos += 1
+            except ValueError as e:
+                summary.errors.append({"path": path, "error": str(e)})
+                log(f"[kerapose] error: {e}")
+            finally:
+                cap.release()
+                if writer is not None:
+                    writer.release()
+                summary.frames += frames
+        else:
+            try:
+                img = read_image(path)
+            except ValueError as e:
+                summary.skipped.append({"path": path, "reason": str(e)})
+                log(f"[kerapose] skipped {path}: {e}")
+                img = None
+            if img is not None:
+                h, w = img.shape[:2]
+                img, scale = _limit_pixels(img, max_pixels)
+                if scale != 1.0:
+                    msg = (f"{path}: {w}x{h} = {w * h / 1e6:.1f} MP is above the {max_pixels / 1e6:g} MP limit; "
+                           f"downscaled to {img.shape[1]}x{img.shape[0]} (coordinates stay in original pixels)")
+                    summary.resized.append({"path": path, "message": msg})
+                    log(f"[kerapose] {msg}")
+                poses = predictor(img)
+                results += _results(poses, ids.get(stem), base, scale)
+                summary.images += 1
+                summary.people += len(poses["scores"])
+                if draw:
+                    target = names.path(stem, ".png" if suffix.lower() == ".png" else ".jpg")
+                    if not cv2.imwrite(target, cv2.cvtColor(annotate(img, poses), cv2.COLOR_RGB2BGR)):
+                        raise OSError(f"could not write {target}")
+                    summary.outputs.append(target)
+        if bar is not None:
+            bar.update(step)
+    summary.predictions = os.path.join(summary.out, "predictions.json")
+    write_results(results, summary.predictions)
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``kerapose predict`` options."""
+    parser.add_argument("model", help="built-in model name (random weights), .keras file, end-to-end SavedModel "
+                                      "directory, or end-to-end .tflite / .onnx file")
+    parser.add_argument("inputs", nargs="+", help="images, folders (not recursive) and videos (.mp4/.avi/.mov/.mkv)")
+    parser.add_argument("--out", required=True, help="output folder: annotated images/videos, predictions.json")
+    parser.add_argument("--input-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"),
+                        help="network input for Keras models (multiples of 32)")
+    parser.add_argument("--max-people", type=int, default=20)
+    parser.add_argument("--score-threshold", type=float, default=0.3)
+    parser.add_argument("--threads", type=int, default=2, help="threads of the TFLite / ONNX runtimes")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="images above this many pixels are downscaled first")
+    parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary object (no progress bar)")
+    return parser
+
+
+def predict_main(args: argparse.Namespace) -> int:
+    """Run ``kerapose predict``; 0 when at least one image or frame was processed, 2 otherwise."""
+    predictor = PosePredictor.load(args.model, input_size=tuple(args.input_size), max_people=args.max_people,
+                                   score_threshold=args.score_threshold, num_threads=args.threads)
+    summary = predict_paths(predictor, args.inputs, args.out, max_pixels=args.max_pixels, draw=not args.no_draw,
+                            progress=not args.json)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        print(f"[kerapose] {summary.images} images, {summary.videos} videos ({summary.frames} frames), "
+              f"{summary.people} people; skipped {len(summary.skipped)}, errors {len(summary.errors)}")
+        print(f"[kerapose] predictions: {summary.predictions}")
+    return 0 if summary.processed > 0 else 2
