@@ -65,3 +65,27 @@ def test_predict_poses_unpads_and_checks_input(model, image):
         model.predict_poses([image[..., 0]])
     with pytest.raises(ValueError, match="multiples of 32"):
         model.end_to_end((100, 128))
+
+
+def test_flip_test_and_multi_scale(model, image):
+    import tensorflow as tf
+
+    from kerapose.models.end_to_end import HeatmapTestTimeAugment
+
+    size = (128, 128)
+    x = tf.random.uniform((1, *size, 3), 0, 255, seed=1)
+    base = model(x)["heatmaps"]
+    tta = HeatmapTestTimeAugment(model, model.keypoint_set.flip_index, flip=True)
+    mirrored = model(tf.reverse(x, axis=[2]))["heatmaps"].numpy()[:, :, ::-1]
+    perm = list(model.keypoint_set.flip_index) + [17]
+    expected = (base.numpy() + mirrored[..., perm]) / 2
+    np.testing.assert_allclose(tta(x, base).numpy(), expected, atol=1e-5)
+    # left_wrist of the averaged map mixes in the mirrored right_wrist
+    assert not np.allclose(tta(x, base).numpy()[..., 9], base.numpy()[..., 9])
+    plain = model.end_to_end(size, max_people=4, score_threshold=0.0)(image[None])
+    both = model.end_to_end(size, max_people=4, score_threshold=0.0, flip_test=True, scales=(0.75,))(image[None])
+    np.testing.assert_allclose(plain["boxes"], both["boxes"], atol=1e-3)  # boxes from the base pass only
+    assert np.abs(plain["keypoints"].numpy() - both["keypoints"].numpy()).max() > 0
+    fixed = MultiPoseNet("resnet18", input_shape=(64, 64, 3), prn_hidden=8)
+    with pytest.raises(ValueError, match="multi-scale inference needs"):
+        fixed.end_to_end((64, 64), scales=(0.5,))

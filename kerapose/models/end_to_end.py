@@ -134,6 +134,45 @@ class MultiPoseNetDecoder(keras.layers.Layer):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="kerapose")
+class HeatmapTestTimeAugment(keras.layers.Layer):
+    """Average the keypoint heatmaps over a horizontal flip and/or extra scales.
+
+    Flip: the network runs on the mirrored image; its heatmaps are mirrored back and the
+    left/right channels swapped (the keypoint set's ``flip_index``; the segmentation channel
+    stays). With W a multiple of the stride, cell j maps exactly onto cell W/s - 1 - j.
+    Scales: the network runs on the image resized by each factor (to multiples of 32); the
+    heatmaps are resized back to the base grid. Person boxes come from the base pass only.
+    """
+
+    def __init__(self, network: keras.Model, flip_index, flip: bool = False, scales=(), **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.flip_index = [int(i) for i in flip_index]
+        self.flip = bool(flip)
+        self.scales = tuple(float(s) for s in scales)
+
+    def call(self, image, heatmaps):
+        k = len(self.flip_index)
+        maps = [heatmaps]
+        if self.flip:
+            mirrored = self.network(tf.reverse(image, axis=[2]), training=False)["heatmaps"]
+            mirrored = tf.reverse(tf.cast(mirrored, tf.float32), axis=[2])
+            perm = self.flip_index + list(range(k, int(heatmaps.shape[-1])))
+            maps.append(tf.gather(mirrored, perm, axis=-1))
+        hw = tf.shape(image)[1:3]
+        grid = tf.shape(heatmaps)[1:3]
+        for s in self.scales:
+            size = tf.cast(tf.round(tf.cast(hw, tf.float32) * s / SIZE_MULTIPLE), tf.int32) * SIZE_MULTIPLE
+            size = tf.maximum(size, SIZE_MULTIPLE)
+            out = self.network(tf.image.resize(image, size), training=False)["heatmaps"]
+            maps.append(tf.image.resize(tf.cast(out, tf.float32), grid))
+        return tf.add_n(maps) / float(len(maps))
+
+    def compute_output_spec(self, image, heatmaps):
+        return keras.KerasTensor(heatmaps.shape, "float32")
+
+
 def multiposenet_end_to_end(
     model: MultiPoseNet,
     input_size: tuple[int, int] = (480, 480),
@@ -141,11 +180,16 @@ def multiposenet_end_to_end(
     score_threshold: float = 0.3,
     iou_threshold: float = 0.5,
     prn_margin: float = 0.1,
+    flip_test: bool = False,
+    scales: tuple[float, ...] = (),
 ) -> keras.Model:
     """Wrap a MultiPoseNet into the end-to-end serving model (see module docstring).
 
     ``input_size`` is the network's input (multiples of 32); images of any size are
-    letterboxed into it and the results mapped back to their own pixels.
+    letterboxed into it and the results mapped back to their own pixels. ``flip_test`` and
+    ``scales`` (extra scale factors, e.g. ``(0.75, 1.25)``) average the heatmaps over test-time
+    augmentations (:class:`HeatmapTestTimeAugment`); extra scales need a model built with
+    input_shape (None, None, 3).
     """
     h, w = (int(v) for v in input_size)
     if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h <= 0 or w <= 0:
@@ -156,9 +200,19 @@ def multiposenet_end_to_end(
     # float32 whatever the global policy: decoding under mixed_float16 would lose pixel precision
     resized, scale = Letterbox((h, w), name="letterbox", dtype="float32")(image)
     out = model(resized)
+    heatmaps = out["heatmaps"]
+    scales = tuple(float(x) for x in scales if float(x) != 1.0)
+    if any(x <= 0 for x in scales):
+        raise ValueError(f"scales must be positive factors, got {scales}")
+    if scales and any(d is not None for d in model.input_shape[1:3]):
+        raise ValueError(f"multi-scale inference needs a model built with input_shape (None, None, 3); this one has "
+                         f"{tuple(model.input_shape[1:])}")
+    if flip_test or scales:
+        heatmaps = HeatmapTestTimeAugment(model, model.keypoint_set.flip_index, flip=flip_test, scales=scales,
+                                          name="test_time_augment", dtype="float32")(resized, heatmaps)
     decoder = MultiPoseNetDecoder(model.prn, (h, w), model.keypoint_set.name, max_people=max_people,
                                   score_threshold=score_threshold, iou_threshold=iou_threshold,
                                   prn_margin=prn_margin, name="decoder", dtype="float32")
-    people = decoder(out["heatmaps"], out["person_logits"], out["person_boxes"], scale)
+    people = decoder(heatmaps, out["person_logits"], out["person_boxes"], scale)
     people = {k: keras.layers.Identity(name=k, dtype=v.dtype)(v) for k, v in people.items()}
     return keras.Model(image, people, name=f"{model.name}_end_to_end")

@@ -126,7 +126,8 @@ class MultiPoseNet(keras.Model):
                            name=f"{self.name}_persons")
 
     def end_to_end(self, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
-                   score_threshold: float = 0.3, iou_threshold: float = 0.5) -> keras.Model:
+                   score_threshold: float = 0.3, iou_threshold: float = 0.5, flip_test: bool = False,
+                   scales: tuple[float, ...] = ()) -> keras.Model:
         """The end-to-end model (uint8 image of any size -> people) sharing this model's weights.
 
         See :func:`kerapose.models.end_to_end.multiposenet_end_to_end`.
@@ -134,7 +135,8 @@ class MultiPoseNet(keras.Model):
         from kerapose.models.end_to_end import multiposenet_end_to_end
 
         return multiposenet_end_to_end(self, input_size, max_people=max_people,
-                                       score_threshold=score_threshold, iou_threshold=iou_threshold)
+                                       score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                       flip_test=flip_test, scales=scales)
 
     def predict_poses(self, images, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
                       score_threshold: float = 0.3, iou_threshold: float = 0.5) -> list[dict]:
