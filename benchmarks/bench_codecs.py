@@ -33,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
+from _timing import median_ms as _median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.heatmap import HeatmapCodec
 from kerapose.codecs.prn import PRNCodec
 from kerapose.codecs.segmentation import SegmentationCodec
@@ -41,17 +42,6 @@ from kerapose.ops import crop_and_resize_bilinear
 
 IMAGE_HW = (480, 640)
 STRIDE = 4
-
-
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def random_people(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

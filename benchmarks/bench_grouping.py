@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from _timing import median_ms as _median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.grouping import group_people
 from kerapose.codecs.paf import PafCodec
 
@@ -52,17 +53,6 @@ def synthetic_people(n: int, image_hw=(480, 640), seed: int = 0) -> np.ndarray:
         out[i, :, 1] = r * cell_h + 0.05 * cell_h + pose[:, 1]
         out[i, :, 2] = 2
     return out
-
-
-def _median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def main() -> None:

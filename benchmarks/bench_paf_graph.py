@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
+from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.grouping import group_people
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import paf_group_tf
@@ -51,17 +52,6 @@ def find_fixture() -> Path:
         if (root / FIXTURE).is_file():
             return root / FIXTURE
     raise SystemExit(f"{FIXTURE} not found under ../shared; set KERAPOSE_SHARED")
-
-
-def median_ms(fn, runs: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def main() -> None:
