@@ -148,6 +148,31 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path):
     np.testing.assert_array_equal(prn_before, loaded.prn(roi))
 
 
+def test_import_kerapose_alone_registers_every_saved_class(tmp_path):
+    """A fresh interpreter that only runs `import kerapose` loads a saved model (the documented
+    contract); the in-process test above cannot see this, its imports register everything."""
+    import subprocess
+    import sys
+
+    m = MultiPoseNet("resnet18", input_shape=(64, 64, 3), prn_hidden=8)
+    x = np.random.default_rng(6).uniform(0, 255, (1, 64, 64, 3)).astype("float32")
+    path = tmp_path / "mpn.keras"
+    m.save(path)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "ref.npy", np.asarray(m(x)["heatmaps"]))
+    code = (
+        "import sys, numpy as np, keras, kerapose\n"
+        "d = sys.argv[1]\n"
+        "m = keras.saving.load_model(d + '/mpn.keras')\n"
+        "out = np.asarray(m(np.load(d + '/x.npy'))['heatmaps'])\n"
+        "assert np.array_equal(out, np.load(d + '/ref.npy')), 'outputs differ'\n"
+        "print('loaded', type(m).__name__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "loaded MultiPoseNet" in proc.stdout
+
+
 def test_prn_save_load(tmp_path):
     prn = pose_residual_network(5, hidden=8)
     path = tmp_path / "prn.keras"
