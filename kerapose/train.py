@@ -52,6 +52,10 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    from kerapose.train_paf import PAF_MODELS, load_paf_config
+
+    if isinstance(raw.get("model"), dict) and raw["model"].get("name") in PAF_MODELS:
+        return load_paf_config(path, overrides)  # the PAF family's recipe schema (kerapose.train_paf)
     unknown = set(raw) - set(_DEFAULTS)
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; accepted: {sorted(_DEFAULTS)}")
@@ -84,6 +88,38 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
     return cfg
 
 
+class _MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with the two ``reduce`` calls of Keras 3's TF trainer working.
+
+    1. Before fitting, ``_maybe_symbolic_build`` reduces the whole first ``(x, y)`` batch with
+       one eager ``strategy.reduce("MEAN", batch, axis=None)``, only to read its shapes and
+       dtypes. The collective strategy reduces a single value, not a nested structure, and
+       fails with "Attempt to convert a value (PerReplica...) ... to a Tensor"
+       (keras-team/keras#20585, tensorflow/tensorflow#72388); reducing leaf by leaf would be
+       an all-reduce of image batches across workers, which fails as soon as two workers'
+       batches differ in size (a validation set's last batch). That probe gets this worker's
+       own batch instead.
+    2. Every step, the trainer averages the scalar logs with ``reduce("MEAN", v, axis=0)``,
+       invalid for scalars ("Invalid reduction dimension 0 for input with 0 dimensions"); what
+       it means (and what Keras does on one worker: ``reduce_mean`` of the stacked replicas)
+       is the mean across replicas, ``axis=None``.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        leaves = tf.nest.flatten(value)
+        if (tf.nest.is_nested(value) and axis is None and tf.executing_eagerly()
+                and all(isinstance(v, tf.distribute.DistributedValues) for v in leaves)):
+            return tf.nest.map_structure(lambda v: self.experimental_local_results(v)[0], value)
+        reduce_one = super().reduce
+
+        def leaf(v):
+            first = v.values[0] if isinstance(v, tf.distribute.DistributedValues) else v
+            rank = getattr(getattr(first, "shape", None), "rank", None)
+            return reduce_one(reduce_op, v, None if rank == 0 else axis)
+
+        return tf.nest.map_structure(leaf, value)
+
+
 def get_strategy(name: str) -> tf.distribute.Strategy:
     """``default`` | ``mirrored`` | ``multi-worker`` (reads TF_CONFIG)."""
     if name == "default":
@@ -93,7 +129,7 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi-worker needs the TF_CONFIG environment variable (cluster and task)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}; accepted: default, mirrored, multi-worker")
 
 
@@ -102,6 +138,32 @@ def _is_chief() -> bool:
     task = tf_config.get("task", {})
     return task.get("type", "chief") == "chief" or (task.get("type") == "worker" and int(task.get("index", 0)) == 0
                                                     and "chief" not in tf_config.get("cluster", {}))
+
+
+def _worker_position() -> tuple[int, int]:
+    """(number of training workers, this worker's index) from TF_CONFIG; (1, 0) outside a cluster.
+
+    TF's own numbering: the chief first, then the workers in order (evaluators do not train).
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    cluster, task = tf_config.get("cluster", {}), tf_config.get("task", {})
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    if not task or task.get("type") not in ("chief", "worker") or chiefs + workers <= 1:
+        return 1, 0
+    index = int(task.get("index", 0))
+    return chiefs + workers, index if task["type"] == "chief" else chiefs + index
+
+
+def _batch_norm_layers(layer) -> list:
+    """Every BatchNormalization layer inside ``layer`` (nested models included), each once."""
+    found: dict[int, keras.layers.BatchNormalization] = {}
+    stack = [layer]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, keras.layers.BatchNormalization):
+            found.setdefault(id(current), current)
+        stack.extend(getattr(current, "layers", ()))
+    return list(found.values())
 
 
 def _atomic_save(model: keras.Model, path: str) -> None:
@@ -189,6 +251,10 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
 
     ``extra_callbacks`` are added to every stage's ``fit``.
     """
+    from kerapose.train_paf import PAF_MODELS, train_paf
+
+    if config["model"].get("name") in PAF_MODELS:  # OpenPose baseline, FTN, MLN: kerapose.train_paf
+        return train_paf(config, output, strategy=strategy, verbose=verbose, extra_callbacks=extra_callbacks)
     from kerapose.codecs.prn import PRNCodec
     from kerapose.data.augment import AugmentConfig
     from kerapose.data.coco import CocoKeypoints
@@ -199,18 +265,31 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
     keras.utils.set_random_seed(int(config["seed"]))
     if config.get("mixed_precision"):
         keras.mixed_precision.set_global_policy("mixed_float16")
-    root = _prepare_data(config, output)
-    with open(os.path.join(output, "config.yaml"), "w") as f:
+    chief = _is_chief()
+    num_workers, worker_index = _worker_position() if strategy == "multi-worker" else (1, 0)
+    # A non-chief worker keeps its own state (backups, progress, stage weights, generated data) in
+    # OUTPUT/TYPE-INDEX (as in TF_CONFIG, e.g. worker-1): workers that share OUTPUT never write the
+    # same file, and each can resume.
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task") or {}
+    state = output if chief else os.path.join(output, f"{task.get('type', 'worker')}-{task.get('index', 0)}")
+    os.makedirs(state, exist_ok=True)
+    root = _prepare_data(config, state)
+    with open(os.path.join(state, "config.yaml"), "w") as f:
         yaml.safe_dump(config, f)
     strat = get_strategy(strategy)
-    chief = _is_chief()
     train_set = CocoKeypoints(root, config["data"]["train_split"], keypoint_set=config["model"]["keypoint_set"])
     val_set = CocoKeypoints(root, config["data"]["val_split"], keypoint_set=config["model"]["keypoint_set"])
-    progress_path = os.path.join(output, "progress.json")
+    progress_path = os.path.join(state, "progress.json")
     done = json.load(open(progress_path)) if os.path.isfile(progress_path) else {"stages": []}
 
     with strat.scope():
         model, size = _build_model(config)
+    # Keras keeps BatchNormalization's moving statistics per replica (aggregation "none"), so
+    # replicas that see different images drift apart. Batch statistics over the global batch
+    # (sync BN, for the training run only) keep them equal on every replica and worker.
+    sync_bn = [l for l in _batch_norm_layers(model) if not l.synchronized] if strat.num_replicas_in_sync > 1 else []
+    for layer in sync_bn:
+        layer.synchronized = True
     aug = AugmentConfig(output_size=size, **config.get("augment", {}))
     val_aug = AugmentConfig(output_size=size, rotation_deg=0.0, scale_range=(1.0, 1.0), flip_prob=0.0,
                             center="image", fit_image=True)
@@ -220,9 +299,10 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
         name = stage["name"]
         stage_id = f"{i + 1}-{name}"
         stage_dir = os.path.join(output, stage_id)
+        stage_weights = os.path.join(state, stage_id, "weights.weights.h5")
         if stage_id in done["stages"]:
             print(f"[kerapose] stage {stage_id} already finished; loading its weights", flush=True)
-            model.load_weights(os.path.join(stage_dir, "weights.weights.h5"))
+            model.load_weights(stage_weights)
             continue
         print(f"[kerapose] stage {stage_id}: {stage['epochs']} epochs", flush=True)
         batch = int(stage.get("batch_size", config["batch_size"])) * strat.num_replicas_in_sync
@@ -240,7 +320,10 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                     losses = {"person_logits": RetinaFocalLoss(), "person_boxes": RetinaSmoothL1()}
                 else:
                     losses = {k: MaskedL2() for k in keys}
-                train_ds = keypoint_dataset(train_set, targets, aug, batch, seed=seed + i, skips=skips)
+                # each worker decodes and augments only its own images (tf.data's DATA auto-sharding
+                # would run the whole numpy pipeline on every worker and drop the others' samples)
+                train_ds = keypoint_dataset(train_set, targets, aug, batch, seed=seed + i, skips=skips,
+                                            shard=(num_workers, worker_index) if num_workers > 1 else None)
                 val_ds = keypoint_dataset(val_set, targets, val_aug, batch, shuffle=False, repeat=False)
                 steps = int(stage.get("steps_per_epoch") or max(1, len(train_set) // batch))
             else:
@@ -254,7 +337,7 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
         callbacks += [
             keras.callbacks.ReduceLROnPlateau("val_loss", factor=float(stage.get("plateau_factor", 0.1)),
                                               patience=int(stage.get("plateau_patience", 3)), verbose=verbose),
-            keras.callbacks.BackupAndRestore(os.path.join(output, "backup", stage_id)),
+            keras.callbacks.BackupAndRestore(os.path.join(state, "backup", stage_id)),
             keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
             TaskCheckpoint(model, stage_dir, write=chief),
         ]
@@ -266,20 +349,25 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                        callbacks=callbacks, verbose=verbose, shuffle=False)
         history[stage_id] = {k: [float(x) for x in v] for k, v in hist.history.items()}
         history[stage_id]["seconds"] = time.time() - t0
-        if chief:
-            model.save_weights(os.path.join(stage_dir, "weights.weights.h5"))
-            done["stages"].append(stage_id)
-            with open(progress_path + ".tmp", "w") as f:
-                json.dump(done, f)
-            os.replace(progress_path + ".tmp", progress_path)
+        os.makedirs(os.path.dirname(stage_weights), exist_ok=True)
+        model.save_weights(stage_weights)
+        done["stages"].append(stage_id)
+        with open(progress_path + ".tmp", "w") as f:
+            json.dump(done, f)
+        os.replace(progress_path + ".tmp", progress_path)
     model.freeze_backbone(False)
-    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task")
+    for layer in sync_bn:
+        layer.synchronized = False
     if task:  # every worker of a cluster records its final weights, so replicas can be compared
         model.save_weights(os.path.join(output, f"weights-{task['type']}-{task.get('index', 0)}.weights.h5"))
     final = os.path.join(output, "model.keras")
     if chief:
         _atomic_save(model, final)
     metrics = evaluate_model(model, val_set, input_size=size, **config.get("evaluate", {}))
+    if num_workers > 1:
+        # Leave together (an all-reduce as a barrier): worker 0 hosts the cluster's coordination
+        # service, and a worker whose peer has exited logs "unhealthy task" heartbeat errors.
+        strat.reduce(tf.distribute.ReduceOp.SUM, strat.run(lambda: tf.constant(1.0)), axis=None)
     metrics["model_path"] = final
     metrics["history"] = history
     return metrics

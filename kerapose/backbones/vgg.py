@@ -17,7 +17,7 @@ from keras import layers
 from kerapose.backbones.weights import load_applications_weights
 from kerapose.layers import Preprocess, SizeCheck
 
-__all__ = ["vgg19_backbone", "VGG19_CONV_LAYERS", "CPM_LAYERS", "VGG_STRIDE", "VGG_OUTPUTS"]
+__all__ = ["vgg19_backbone", "scaled_width", "VGG19_CONV_LAYERS", "CPM_LAYERS", "VGG_STRIDE", "VGG_OUTPUTS"]
 
 VGG_STRIDE = 8
 # (name, filters) of the 10 VGG-19 convs kept; None marks a 2x2 max-pool (keras.applications names).
@@ -32,11 +32,17 @@ CPM_LAYERS: tuple[tuple[str, int], ...] = (("conv4_3_CPM", 256), ("conv4_4_CPM",
 VGG_OUTPUTS = ("block3_pool", "block4_conv2", "features")
 
 
+def scaled_width(channels: int, multiplier: float) -> int:
+    """``channels * multiplier`` rounded, at least 1 (1.0 returns ``channels`` unchanged)."""
+    return max(1, int(round(channels * multiplier)))
+
+
 def vgg19_backbone(
     input_shape: tuple = (None, None, 3),
     weights: str | None = None,
     preprocessing: str = "caffe",
     name: str = "vgg19_cpm",
+    width_multiplier: float = 1.0,
 ) -> keras.Model:
     """VGG-19 (10 convs) + CPM convs: RGB float 0..255 in, stride-8 feature maps out.
 
@@ -54,8 +60,15 @@ def vgg19_backbone(
             must be in the file. The CPM convs stay random.
         preprocessing: normalisation inside the model (:data:`kerapose.layers.PREPROCESS_MODES`);
             ``"caffe"`` is what keras.applications VGG weights expect.
+        width_multiplier: scales every conv's channel count (:func:`scaled_width`); values
+            below 1 give narrow networks for fast tests and small devices. ImageNet weights
+            need 1.0.
     """
     input_shape = tuple(input_shape)
+    if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 4):
+        raise ValueError(f"width_multiplier: expected a number in (0, 4], got {width_multiplier!r}")
+    if weights is not None and width_multiplier != 1.0:
+        raise ValueError(f"weights: keras.applications VGG19 weights need width_multiplier=1.0, got {width_multiplier}")
     SizeCheck.validate_shape(input_shape, VGG_STRIDE)
     inputs = keras.Input(shape=input_shape, name="image")
     x = Preprocess(preprocessing, name="preprocess")(inputs)
@@ -69,10 +82,10 @@ def vgg19_backbone(
                 block3_pool = x
             continue
         lname, filters = spec
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=lname)(x)
+        x = layers.Conv2D(scaled_width(filters, width_multiplier), 3, padding="same", activation="relu", name=lname)(x)
     block4_conv2 = x
     for lname, filters in CPM_LAYERS:
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=lname)(x)
+        x = layers.Conv2D(scaled_width(filters, width_multiplier), 3, padding="same", activation="relu", name=lname)(x)
     outputs = {"block3_pool": block3_pool, "block4_conv2": block4_conv2, "features": x}
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:

@@ -1,7 +1,7 @@
 """tf.data pipelines: COCO records -> augmented crops -> codec targets, batched.
 
 Target generation is vectorised numpy inside ``tf.numpy_function`` (the codecs are numpy;
-measured in ``benchmarks/bench_pipeline.py``), mapped in parallel. Randomness is a function of
+throughput in ``benchmarks/bench_training.py``), mapped in parallel. Randomness is a function of
 (seed, epoch, image index), so a deterministic pipeline gives the same batches whatever the
 number of parallel calls. Unreadable images and malformed annotations are skipped and counted
 (:class:`SkipCounter`), never fatal.
@@ -209,7 +209,13 @@ def keypoint_dataset(
 
     index = tf.range(len(ids), dtype=tf.int64)
     if shard is not None:
-        index = index[shard[1]::shard[0]]
+        num_shards, shard_index = int(shard[0]), int(shard[1])
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard {tuple(shard)}: expected (num_shards, index) with 0 <= index < num_shards")
+        if len(ids) < num_shards:  # an empty shard would make the repeated dataset spin forever
+            raise ValueError(f"{coco.ann_file}: {len(ids)} images with people cannot be split into "
+                             f"{num_shards} shards (one per worker); every worker needs at least one image")
+        index = index[shard_index::num_shards]
 
     def epoch_of(e):
         # A fresh permutation per epoch, a pure function of (seed, epoch): resumable and deterministic.

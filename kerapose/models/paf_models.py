@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kerapose.backbones.vgg import VGG_STRIDE, vgg19_backbone
+from kerapose.backbones.vgg import VGG_STRIDE, scaled_width, vgg19_backbone
 from kerapose.heads.paf_stages import branch_widths, openpose_stage, openpose_stage1, paf_branch, refinement_branch
 from kerapose.heads.transfer import (
     global_context_module,
@@ -67,13 +67,14 @@ def _keypoint_set_name(kps: KeypointSet) -> str:
     return kps.name
 
 
-def _front(input_shape, preprocessing: str, backbone_weights: str | None):
+def _front(input_shape, preprocessing: str, backbone_weights: str | None, width_multiplier: float = 1.0):
     """Image input, size check and backbone (shared by the three models)."""
     input_shape = tuple(input_shape)
     SizeCheck.validate_shape(input_shape, PAF_STRIDE)
     image = keras.Input(shape=input_shape, name="image")
     checked = SizeCheck(PAF_STRIDE, name="size_check")(image)
-    backbone = vgg19_backbone(input_shape, weights=backbone_weights, preprocessing=preprocessing, name="backbone")
+    backbone = vgg19_backbone(input_shape, weights=backbone_weights, preprocessing=preprocessing, name="backbone",
+                              width_multiplier=width_multiplier)
     return input_shape, image, backbone, backbone(checked)
 
 
@@ -98,6 +99,48 @@ class _PafModel(keras.Model):
     @property
     def num_pafs(self) -> int:
         return self.keypoint_set.num_paf_channels
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (the VGG front end's three 2x2 pools: 8)."""
+        return PAF_STRIDE
+
+    @property
+    def grouping_defaults(self) -> dict:
+        """Grouping settings of :meth:`end_to_end` (empty: PafGrouping's, i.e. OpenPose's, defaults)."""
+        return {}
+
+    def paf_outputs(self, image, extent=None):
+        """``(heatmaps, pafs)`` of a (padded) network input; ``extent`` [B, 2] is the fraction of
+        (H, W) that holds the image. The VGG models have no per-image statistics: zero padding
+        only matters at the border, so ``extent`` is not used here."""
+        out = self(image)
+        return out["heatmaps"], out["pafs"]
+
+    def end_to_end(self, input_size: tuple[int, int] | None = None, max_people: int = 20,
+                   score_threshold: float | None = None, iou_threshold: float | None = None,
+                   **grouping) -> keras.Model:
+        """The end-to-end model (uint8 image of any size -> people) sharing this model's weights.
+
+        ``input_size=None`` runs at the image's native resolution (padded to
+        :attr:`size_multiple`), ``(H, W)`` letterboxes into that size. ``score_threshold`` is the
+        minimum person score (None: the model's default); ``iou_threshold`` is accepted for the
+        export interface and unused (PAF grouping has no box NMS). See
+        :func:`kerapose.models.paf_end_to_end.paf_end_to_end`.
+        """
+        from kerapose.models.paf_end_to_end import paf_end_to_end
+
+        return paf_end_to_end(self, input_size, max_people=max_people, score_threshold=score_threshold,
+                              **grouping)
+
+    def predict_poses(self, images, input_size: tuple[int, int] | None = None, max_people: int = 20,
+                      score_threshold: float | None = None) -> list[dict]:
+        """Poses for a list of RGB uint8 images: one dict per image with ``keypoints`` [N, K, 3],
+        ``scores`` [N] and ``boxes`` [N, 4] in that image's pixels (see :meth:`end_to_end`)."""
+        from kerapose.models.paf_end_to_end import paf_predict_poses
+
+        return paf_predict_poses(self, images, input_size, max_people=max_people, score_threshold=score_threshold)
 
     def _common_config(self) -> dict:
         return {
@@ -184,6 +227,9 @@ class FeatureTransferNet(_PafModel):
             so ``refinement`` must be on.
         transfer_blocks: blocks of the transfer sub-network (paper: 4).
         refine_blocks: blocks of each refinement module (paper: 7).
+        width_multiplier: scales every hidden width (backbone, branches, transfer, refinement;
+            not the output channels). 1.0 is the paper's network; e.g. 0.125 gives a narrow FTN
+            of the same topology for fast tests (the overfit test) and small devices.
     """
 
     def __init__(
@@ -198,6 +244,7 @@ class FeatureTransferNet(_PafModel):
         preprocessing: str = "caffe",
         backbone_weights: str | None = None,
         name: str = "feature_transfer_net",
+        width_multiplier: float = 1.0,
         **kwargs,
     ):
         k = _check_int("transfer_from", transfer_from, 1, 5)
@@ -211,31 +258,35 @@ class FeatureTransferNet(_PafModel):
             )
         kps = get_keypoint_set(keypoint_set)
         n_paf, n_hm = kps.num_paf_channels, kps.num_heatmap_channels
-        input_shape, image, bb, feats = _front(input_shape, preprocessing, backbone_weights)
+        wm = float(width_multiplier)
+        input_shape, image, bb, feats = _front(input_shape, preprocessing, backbone_weights, wm)
         f = feats["features"]
-        c = FEATURE_CHANNELS
+        c = scaled_width(FEATURE_CHANNELS, wm)
+        wide = scaled_width(512, wm)  # Conv-4 and the refinement fusion
+        bw = {"width": c, "wide": wide}
         to_refine_j, to_refine_l = [], []
         if transfer:
-            jw, lw = branch_widths(n_hm)[k - 1], branch_widths(n_paf)[k - 1]
-            j_k = paf_branch(c, n_hm, 1, k, name="joint_branch")(f)
-            l_k = paf_branch(c, n_paf, 1, k, name="limb_branch")(f)
-            t_j2l = transfer_subnetwork(jw, c, transfer_blocks, name="transfer_j2l")(j_k)
-            t_l2j = transfer_subnetwork(lw, c, transfer_blocks, name="transfer_l2j")(l_k)
+            jw, lw = branch_widths(n_hm, c, wide)[k - 1], branch_widths(n_paf, c, wide)[k - 1]
+            j_k = paf_branch(c, n_hm, 1, k, name="joint_branch", **bw)(f)
+            l_k = paf_branch(c, n_paf, 1, k, name="limb_branch", **bw)(f)
+            t_j2l = transfer_subnetwork(jw, c, transfer_blocks, width=c, name="transfer_j2l")(j_k)
+            t_l2j = transfer_subnetwork(lw, c, transfer_blocks, width=c, name="transfer_l2j")(l_k)
             if k < 5:
-                hms = paf_branch(jw, n_hm, k + 1, 5, extra_channels=c, name="joint_head")([j_k, t_l2j])
-                pafs = paf_branch(lw, n_paf, k + 1, 5, extra_channels=c, name="limb_head")([l_k, t_j2l])
+                hms = paf_branch(jw, n_hm, k + 1, 5, extra_channels=c, name="joint_head", **bw)([j_k, t_l2j])
+                pafs = paf_branch(lw, n_paf, k + 1, 5, extra_channels=c, name="limb_head", **bw)([l_k, t_j2l])
             else:
                 hms, pafs = j_k, l_k
                 to_refine_j, to_refine_l = [t_l2j], [t_j2l]
         else:
-            hms = paf_branch(c, n_hm, 1, 5, name="joint_branch")(f)
-            pafs = paf_branch(c, n_paf, 1, 5, name="limb_branch")(f)
+            hms = paf_branch(c, n_hm, 1, 5, name="joint_branch", **bw)(f)
+            pafs = paf_branch(c, n_paf, 1, 5, name="limb_branch", **bw)(f)
         outputs = {"pafs_stage1": pafs, "heatmaps_stage1": hms}
         if refinement:
             extra = [c] if to_refine_j else []
-            hms = refinement_branch([n_hm, n_paf, c, *extra], n_hm, refine_blocks, name="refine_joint")(
+            rw = {"width": c, "fuse": wide}
+            hms = refinement_branch([n_hm, n_paf, c, *extra], n_hm, refine_blocks, name="refine_joint", **rw)(
                 [outputs["heatmaps_stage1"], outputs["pafs_stage1"], f, *to_refine_j])
-            pafs = refinement_branch([n_hm, n_paf, c, *extra], n_paf, refine_blocks, name="refine_limb")(
+            pafs = refinement_branch([n_hm, n_paf, c, *extra], n_paf, refine_blocks, name="refine_limb", **rw)(
                 [outputs["heatmaps_stage1"], outputs["pafs_stage1"], f, *to_refine_l])
             outputs.update(pafs_stage2=pafs, heatmaps_stage2=hms)
         outputs.update(pafs=pafs, heatmaps=hms)
@@ -246,6 +297,7 @@ class FeatureTransferNet(_PafModel):
         self.transfer_from = k
         self.transfer_blocks = transfer_blocks
         self.refine_blocks = refine_blocks
+        self.width_multiplier = wm
 
     def get_config(self) -> dict:
         return {
@@ -254,6 +306,7 @@ class FeatureTransferNet(_PafModel):
             "transfer_from": self.transfer_from,
             "transfer_blocks": self.transfer_blocks,
             "refine_blocks": self.refine_blocks,
+            "width_multiplier": self.width_multiplier,
             **self._common_config(),
         }
 

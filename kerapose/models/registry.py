@@ -34,6 +34,12 @@ def _paf(cls_name: str, model_name: str) -> Callable[..., keras.Model]:
     return build
 
 
+def _paf_mobilenetv2_small(input_shape=(None, None, 3), **kw):
+    from kerapose.models.paf_mobilenet import paf_mobilenetv2_small
+
+    return paf_mobilenetv2_small(input_shape=input_shape, **kw)
+
+
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "prn": _prn,
     "multiposenet-r18": _multiposenet(18),
@@ -42,6 +48,8 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "paf-baseline": _paf("PafBaseline", "paf_baseline"),
     "ftn": _paf("FeatureTransferNet", "ftn"),
     "mln": _paf("MultiLevelNet", "mln"),
+    # tf-pose's "mobilenet_v2_small" (trained weights: kerapose weights fetch / import-tfpose)
+    "paf-mobilenetv2-small": _paf_mobilenetv2_small,
 }
 
 
