@@ -31,7 +31,7 @@ __all__ = ["load_config", "get_strategy", "train", "evaluate_model", "STAGES"]
 STAGES = ("keypoints", "persons", "prn")
 _DEFAULTS: dict[str, Any] = {
     "model": {"name": "multiposenet", "backbone": "resnet50", "keypoint_set": "coco17", "input_size": [480, 480]},
-    "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None},
+    "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None, "image_ids": None},
     "augment": {},
     "batch_size": 8,
     "seed": 0,
@@ -83,6 +83,10 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: stages[{i}].name is {st.get('name')!r}; accepted: {', '.join(STAGES)}")
         if int(st.get("epochs", 0)) < 1:
             raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
+        if st.get("schedule", "plateau") not in ("plateau", "cosine"):
+            raise ValueError(f"{path}: stages[{i}].schedule is {st['schedule']!r}; accepted: plateau, cosine")
+        if not float(st.get("intermediate_weight", 1.0)) >= 0:
+            raise ValueError(f"{path}: stages[{i}].intermediate_weight must be >= 0")
     if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
     return cfg
@@ -234,9 +238,17 @@ def _build_model(cfg: dict):
     return MultiPoseNet(input_shape=(*size, 3), **m), size
 
 
-def _optimizer(stage: dict) -> keras.optimizers.Optimizer:
+def _optimizer(stage: dict, total_steps: int | None = None) -> keras.optimizers.Optimizer:
+    """The stage's optimizer. ``schedule: cosine`` decays the rate to 1 % over the stage's
+    ``total_steps`` (then ReduceLROnPlateau is not used); the default is a constant rate that
+    ReduceLROnPlateau divides on plateaux (the paper's schedule)."""
     name = stage.get("optimizer", "adam")
     lr = float(stage.get("learning_rate", 1e-4))
+    schedule = stage.get("schedule", "plateau")
+    if schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, int(total_steps or 1)), alpha=0.01)
+    elif schedule != "plateau":
+        raise ValueError(f"unknown schedule {schedule!r}; accepted: plateau, cosine")
     if name == "adam":
         return keras.optimizers.Adam(lr)
     if name == "sgd":
@@ -277,8 +289,12 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
     with open(os.path.join(state, "config.yaml"), "w") as f:
         yaml.safe_dump(config, f)
     strat = get_strategy(strategy)
+    # data.image_ids restricts both splits (an overfit check trains and scores the same images)
+    ids = config["data"].get("image_ids")
     train_set = CocoKeypoints(root, config["data"]["train_split"], keypoint_set=config["model"]["keypoint_set"])
     val_set = CocoKeypoints(root, config["data"]["val_split"], keypoint_set=config["model"]["keypoint_set"])
+    train_set.restrict(ids)
+    val_set.restrict(ids)
     progress_path = os.path.join(state, "progress.json")
     done = json.load(open(progress_path)) if os.path.isfile(progress_path) else {"stages": []}
 
@@ -308,6 +324,7 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
         batch = int(stage.get("batch_size", config["batch_size"])) * strat.num_replicas_in_sync
         skips = SkipCounter()
         callbacks: list = [SkipReport(skips), *(extra_callbacks or [])]
+        weights = None  # per-output loss weights (keypoints stage: intermediate_weight)
         with strat.scope():
             if name in ("keypoints", "persons"):
                 model.freeze_backbone(bool(stage.get("freeze_backbone", name == "persons")))
@@ -320,6 +337,11 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                     losses = {"person_logits": RetinaFocalLoss(), "person_boxes": RetinaSmoothL1()}
                 else:
                     losses = {k: MaskedL2() for k in keys}
+                    # intermediate_weight scales the losses of the heatmaps_k* outputs (paper: 1)
+                    side = float(stage.get("intermediate_weight", 1.0))
+                    if not side >= 0:
+                        raise ValueError(f"stages[{i}].intermediate_weight must be >= 0, got {side!r}")
+                    weights = {k: 1.0 if k == "heatmaps" else side for k in keys}
                 # each worker decodes and augments only its own images (tf.data's DATA auto-sharding
                 # would run the whole numpy pipeline on every worker and drop the others' samples)
                 train_ds = keypoint_dataset(train_set, targets, aug, batch, seed=seed + i, skips=skips,
@@ -333,10 +355,13 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 train_ds, n_pairs = prn_dataset(train_set, codec, batch, seed=seed + i)
                 val_ds, _ = prn_dataset(val_set, codec, batch, shuffle=False, flip=False, repeat=False)
                 steps = int(stage.get("steps_per_epoch") or max(1, n_pairs // batch))
-            sub.compile(optimizer=_optimizer(stage), loss=losses, jit_compile=False)
+            sub.compile(optimizer=_optimizer(stage, steps * int(stage["epochs"])), loss=losses, loss_weights=weights,
+                        jit_compile=False)
+        if stage.get("schedule", "plateau") == "plateau":
+            callbacks.append(keras.callbacks.ReduceLROnPlateau(
+                "val_loss", factor=float(stage.get("plateau_factor", 0.1)),
+                patience=int(stage.get("plateau_patience", 3)), verbose=verbose))
         callbacks += [
-            keras.callbacks.ReduceLROnPlateau("val_loss", factor=float(stage.get("plateau_factor", 0.1)),
-                                              patience=int(stage.get("plateau_patience", 3)), verbose=verbose),
             keras.callbacks.BackupAndRestore(os.path.join(state, "backup", stage_id)),
             keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
             TaskCheckpoint(model, stage_dir, write=chief),
@@ -390,5 +415,7 @@ def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, 
         results += keypoint_results(image_id, pose["keypoints"], pose["scores"])
         if bar is not None:
             bar.update(n + 1)
-    return evaluate_keypoints(dataset.coco, results, image_ids=ids, keypoint_set=dataset.keypoint_set,
-                              per_keypoint=True)
+    metrics = evaluate_keypoints(dataset.coco, results, image_ids=ids, keypoint_set=dataset.keypoint_set,
+                                 per_keypoint=True)
+    metrics.update(images=len(ids), people=len(results))
+    return metrics

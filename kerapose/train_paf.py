@@ -233,17 +233,6 @@ def build_paf_model(model_config: dict) -> keras.Model:
     return cls(input_shape=(None, None, 3), name=name.replace("-", "_"), **m)
 
 
-def _restrict(dataset, image_ids, where: str):
-    if image_ids is None:
-        return dataset
-    ids = [int(i) for i in image_ids]
-    missing = sorted(set(ids) - set(dataset.image_ids))
-    if missing:
-        raise ValueError(f"data.image_ids: {missing[:5]} not in {where} ({dataset.ann_file})")
-    dataset.image_ids = ids
-    return dataset
-
-
 # ------------------------------------------------------------------------------ training
 
 
@@ -275,10 +264,10 @@ def train_paf(config: dict, output: str, strategy: str = "default", verbose: int
         yaml.safe_dump(config, f)
     strat = get_strategy(strategy)
     data = config["data"]
-    train_set = _restrict(CocoKeypoints(root, data["train_split"], keypoint_set=data["keypoint_set"]),
-                          data.get("image_ids"), data["train_split"])
-    val_set = _restrict(CocoKeypoints(root, data["val_split"], keypoint_set=data["keypoint_set"]),
-                        data.get("image_ids"), data["val_split"])
+    train_set = CocoKeypoints(root, data["train_split"], keypoint_set=data["keypoint_set"]).restrict(
+        data.get("image_ids"))
+    val_set = CocoKeypoints(root, data["val_split"], keypoint_set=data["keypoint_set"]).restrict(
+        data.get("image_ids"))
     progress_path = os.path.join(state, "progress.json")
     done = json.load(open(progress_path)) if os.path.isfile(progress_path) else {"stages": []}
 

@@ -17,7 +17,7 @@ def test_recipes_load():
     paths = sorted(RECIPES.glob("*.yaml"))
     assert {"quickstart.yaml", "multiposenet-r50.yaml"} <= {p.name for p in paths}
     multiposenet = [p for p in paths if p.name.startswith(("multiposenet", "quickstart", "tiny"))]
-    assert len(multiposenet) == 5  # the PAF family's recipes are checked in test_paf_training.py
+    assert len(multiposenet) == 6  # the PAF family's recipes are checked in test_paf_training.py
     for path in multiposenet:
         cfg = load_config(str(path), {"data_root": "/data/coco"} if "multiposenet" in path.name else None)
         assert [s["name"] for s in cfg["stages"]] == ["keypoints", "persons", "prn"]
@@ -32,6 +32,9 @@ def test_config_errors(tmp_path):
     bad.write_text("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n")
     with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
         load_config(str(bad))
+    bad.write_text("stages: [{name: keypoints, epochs: 1, schedule: linear}]\ndata: {root: x}\n")
+    with pytest.raises(ValueError, match=r"stages\[0\].schedule is 'linear'; accepted: plateau, cosine"):
+        load_config(str(bad))
     bad.write_text("stages: [{name: keypoints, epochs: 1}]\n")
     with pytest.raises(ValueError, match="data.root"):
         load_config(str(bad))
@@ -39,32 +42,66 @@ def test_config_errors(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
-class _Interrupt(keras.callbacks.Callback):
-    """Kill the run at the start of the second epoch of the first stage."""
+# The first run, in its own process, SIGKILLs itself in the middle of the keypoint stage's second
+# epoch (after its second batch): no exception, no cleanup, as when a machine is pre-empted.
+_KILLED_RUN = """
+import os, signal, sys
+import keras
+from kerapose.train import load_config, train
 
+class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated kill")
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+cfg = load_config(sys.argv[1], {"epochs": 3})
+train(cfg, sys.argv[2], verbose=0, extra_callbacks=[Kill()])
+"""
 
 
-def test_interrupted_training_resumes(tmp_path):
-    cfg = load_config(str(RECIPES / "tiny-test.yaml"))
+class _Steps(keras.callbacks.Callback):
+    """Records each stage's optimizer step counter when its fit ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.iterations: list[int] = []
+
+    def on_train_end(self, logs=None):
+        self.iterations.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def test_sigkilled_training_resumes_and_finishes_the_planned_steps(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    recipe = str(RECIPES / "tiny-test.yaml")
     out = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, str(out), verbose=0, extra_callbacks=[_Interrupt()])
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, recipe, str(out)], capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (out / "progress.json").exists()
-    assert (out / "1-keypoints" / "last.keras").is_file()  # epoch 1 was checkpointed
-    metrics = train(load_config(str(RECIPES / "tiny-test.yaml")), str(out), verbose=0)
+    assert (out / "1-keypoints" / "last.keras").is_file()  # epoch 1 was checkpointed before the kill
+    assert [int(r["epoch"]) for r in csv.DictReader(open(out / "1-keypoints" / "log.csv"))] == [0]
+
+    cfg = load_config(recipe, {"epochs": 3})
+    planned = [int(st["steps_per_epoch"]) * 3 for st in cfg["stages"]]
+    steps = _Steps()
+    metrics = train(cfg, str(out), verbose=0, extra_callbacks=[steps])
     rows = list(csv.DictReader(open(out / "1-keypoints" / "log.csv")))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]  # resumed at epoch 2, not restarted
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # resumed at epoch 2, not restarted
+    # the optimizer state came back with the backup: every stage ends on its planned step count
+    assert steps.iterations == planned
     assert json.load(open(out / "progress.json"))["stages"] == ["1-keypoints", "2-persons", "3-prn"]
     for key in ("AP", "AP50", "AR"):
         assert 0.0 <= metrics[key] <= 1.0
     model = keras.saving.load_model(out / "model.keras")
     assert model.count_params() > 0 and not os.path.exists(str(out / "model.keras.tmp.keras"))
     # a third run finds every stage done and only evaluates
-    again = train(load_config(str(RECIPES / "tiny-test.yaml")), str(out), verbose=0)
-    assert again["history"] == {}
+    again = train(load_config(recipe, {"epochs": 3}), str(out), verbose=0)
+    assert again["history"] == {} and again["AP"] == metrics["AP"]
 
 
 def test_mixed_precision_outputs_float32_and_trains():
@@ -95,3 +132,23 @@ def test_mixed_precision_outputs_float32_and_trains():
         assert np.isfinite(first) and np.isfinite(last) and last < first
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_multiposenet_overfits_a_few_coco_images(coco_mini_root, tmp_path):
+    """A small MultiPoseNet (ResNet-18, narrow heads, 256x256) trained on real coco-mini train
+    images with a fixed view finds those people again, scored end to end (boxes -> PRN ->
+    keypoints -> pycocotools). A shorter run than the recipe's (three one-person images, fewer
+    steps); the recipe's own figure is in the README (Training)."""
+    cfg = load_config(str(RECIPES / "multiposenet-overfit.yaml"), {"data_root": str(coco_mini_root)})
+    assert cfg["model"]["backbone"] == "resnet18" and cfg["model"]["input_size"] == [256, 256]
+    cfg["data"]["image_ids"] = ids = [30752, 37666, 84533]
+    cfg["batch_size"] = 3
+    for stage, epochs in zip(cfg["stages"], (4, 6, 10)):
+        stage["epochs"] = epochs
+    metrics = train(cfg, str(tmp_path / "overfit"), verbose=0)
+    hist = metrics["history"]
+    print(f"\nMultiPoseNet-R18 overfit on {ids}: AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}, "
+          f"{metrics['people']} people); fit " + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in hist.items()))
+    assert hist["1-keypoints"]["heatmaps_loss"][-1] < 0.1 * hist["1-keypoints"]["heatmaps_loss"][0]
+    assert metrics["images"] == len(ids)
+    assert metrics["AP"] >= 0.5

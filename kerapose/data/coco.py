@@ -102,6 +102,18 @@ class CocoKeypoints:
         self.image_ids = sorted(self.coco.getImgIds())
         self.skipped_annotations = 0
 
+    def restrict(self, image_ids) -> "CocoKeypoints":
+        """Keep only ``image_ids`` (in that order), e.g. a recipe's ``data.image_ids``; ``None``
+        keeps every image. An id that is not in the split is a ``ValueError`` naming it."""
+        if image_ids is None:
+            return self
+        ids = [int(i) for i in image_ids]
+        missing = sorted(set(ids) - set(self.image_ids))
+        if missing:
+            raise ValueError(f"data.image_ids: {missing[:5]} not in split {self.split!r} ({self.ann_file})")
+        self.image_ids = ids
+        return self
+
     def __len__(self) -> int:
         return len(self.image_ids)
 
