@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-__all__ = ["load_config", "get_strategy", "train", "evaluate_model", "STAGES"]
+__all__ = ["load_config", "get_strategy", "train", "fit_stage", "evaluate_model", "STAGES"]
 
 STAGES = ("keypoints", "persons", "prn")
 _DEFAULTS: dict[str, Any] = {
@@ -257,6 +257,38 @@ def _optimizer(stage: dict, total_steps: int | None = None) -> keras.optimizers.
     raise ValueError(f"unknown optimizer {name!r}; accepted: adam, sgd")
 
 
+def fit_stage(sub: keras.Model, model: keras.Model, train_ds, val_ds, *, epochs: int, steps: int,
+              callbacks: list, stage_id: str, state: str, output: str, chief: bool, verbose: int,
+              done: dict) -> dict:
+    """One training stage (both trainers): ``sub.fit`` with backups, CSV / TensorBoard logs and
+    whole-model checkpoints in ``OUTPUT/STAGE_ID``, then the stage's weights and the progress
+    file (atomically) in ``state``. Returns the stage's history plus ``seconds``."""
+    stage_dir = os.path.join(output, stage_id)
+    callbacks = [
+        *callbacks,
+        keras.callbacks.BackupAndRestore(os.path.join(state, "backup", stage_id)),
+        keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
+        TaskCheckpoint(model, stage_dir, write=chief),
+    ]
+    if chief:
+        os.makedirs(stage_dir, exist_ok=True)
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard", stage_id)))
+    t0 = time.time()
+    hist = sub.fit(train_ds, epochs=epochs, steps_per_epoch=steps, validation_data=val_ds,
+                   callbacks=callbacks, verbose=verbose, shuffle=False)
+    record = {k: [float(x) for x in v] for k, v in hist.history.items()}
+    record["seconds"] = time.time() - t0
+    stage_weights = os.path.join(state, stage_id, "weights.weights.h5")
+    os.makedirs(os.path.dirname(stage_weights), exist_ok=True)
+    model.save_weights(stage_weights)
+    done["stages"].append(stage_id)
+    progress_path = os.path.join(state, "progress.json")
+    with open(progress_path + ".tmp", "w") as f:
+        json.dump(done, f)
+    os.replace(progress_path + ".tmp", progress_path)
+    return record
+
+
 def train(config: dict, output: str, strategy: str = "default", verbose: int = 1,
           extra_callbacks: list | None = None) -> dict:
     """Run every stage of ``config`` (see module docstring); returns the final metrics.
@@ -314,7 +346,6 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
     for i, stage in enumerate(config["stages"]):
         name = stage["name"]
         stage_id = f"{i + 1}-{name}"
-        stage_dir = os.path.join(output, stage_id)
         stage_weights = os.path.join(state, stage_id, "weights.weights.h5")
         if stage_id in done["stages"]:
             print(f"[kerapose] stage {stage_id} already finished; loading its weights", flush=True)
@@ -361,25 +392,9 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
                 "val_loss", factor=float(stage.get("plateau_factor", 0.1)),
                 patience=int(stage.get("plateau_patience", 3)), verbose=verbose))
-        callbacks += [
-            keras.callbacks.BackupAndRestore(os.path.join(state, "backup", stage_id)),
-            keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
-            TaskCheckpoint(model, stage_dir, write=chief),
-        ]
-        if chief:
-            os.makedirs(stage_dir, exist_ok=True)
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard", stage_id)))
-        t0 = time.time()
-        hist = sub.fit(train_ds, epochs=int(stage["epochs"]), steps_per_epoch=steps, validation_data=val_ds,
-                       callbacks=callbacks, verbose=verbose, shuffle=False)
-        history[stage_id] = {k: [float(x) for x in v] for k, v in hist.history.items()}
-        history[stage_id]["seconds"] = time.time() - t0
-        os.makedirs(os.path.dirname(stage_weights), exist_ok=True)
-        model.save_weights(stage_weights)
-        done["stages"].append(stage_id)
-        with open(progress_path + ".tmp", "w") as f:
-            json.dump(done, f)
-        os.replace(progress_path + ".tmp", progress_path)
+        history[stage_id] = fit_stage(sub, model, train_ds, val_ds, epochs=int(stage["epochs"]), steps=steps,
+                                      callbacks=callbacks, stage_id=stage_id, state=state, output=output,
+                                      chief=chief, verbose=verbose, done=done)
     model.freeze_backbone(False)
     for layer in sync_bn:
         layer.synchronized = False

@@ -47,11 +47,11 @@ from keras import ops
 
 from kerapose.train import (
     SkipReport,
-    TaskCheckpoint,
     _atomic_save,
     _is_chief,
     _prepare_data,
     _worker_position,
+    fit_stage,
     get_strategy,
 )
 
@@ -282,7 +282,6 @@ def train_paf(config: dict, output: str, strategy: str = "default", verbose: int
     seed = int(config["seed"])
     for i, stage in enumerate(config["stages"]):
         stage_id = f"{i + 1}-{stage['name']}"
-        stage_dir = os.path.join(output, stage_id)
         stage_weights = os.path.join(state, stage_id, "weights.weights.h5")
         if stage_id in done["stages"]:
             print(f"[kerapose] stage {stage_id} already finished; loading its weights", flush=True)
@@ -306,25 +305,9 @@ def train_paf(config: dict, output: str, strategy: str = "default", verbose: int
             callbacks.append(keras.callbacks.ReduceLROnPlateau(
                 "val_loss", factor=float(stage.get("plateau_factor", 0.1)),
                 patience=int(stage["plateau_patience"]), verbose=verbose))
-        callbacks += [
-            keras.callbacks.BackupAndRestore(os.path.join(state, "backup", stage_id)),
-            keras.callbacks.CSVLogger(os.path.join(stage_dir, "log.csv") if chief else os.devnull, append=True),
-            TaskCheckpoint(model, stage_dir, write=chief),
-        ]
-        if chief:
-            os.makedirs(stage_dir, exist_ok=True)
-            callbacks.append(keras.callbacks.TensorBoard(os.path.join(output, "tensorboard", stage_id)))
-        t0 = time.time()
-        hist = sub.fit(train_ds, epochs=int(stage["epochs"]), steps_per_epoch=steps, validation_data=val_ds,
-                       callbacks=callbacks, verbose=verbose, shuffle=False)
-        history[stage_id] = {k: [float(x) for x in v] for k, v in hist.history.items()}
-        history[stage_id]["seconds"] = time.time() - t0
-        os.makedirs(os.path.dirname(stage_weights), exist_ok=True)
-        model.save_weights(stage_weights)
-        done["stages"].append(stage_id)
-        with open(progress_path + ".tmp", "w") as f:
-            json.dump(done, f)
-        os.replace(progress_path + ".tmp", progress_path)
+        history[stage_id] = fit_stage(sub, model, train_ds, val_ds, epochs=int(stage["epochs"]), steps=steps,
+                                      callbacks=callbacks, stage_id=stage_id, state=state, output=output,
+                                      chief=chief, verbose=verbose, done=done)
     model.backbone.trainable = True
     final = os.path.join(output, "model.keras")
     if chief:
