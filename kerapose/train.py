@@ -41,6 +41,23 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
+    """The CLI's overrides on a loaded recipe (both trainers): ``epochs`` sets every stage's,
+    ``data_root`` replaces the data (and drops ``synthetic``), other keys are set; ``None`` skips."""
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "epochs":
+            for st in cfg["stages"]:
+                st["epochs"] = int(value)
+        elif key == "data_root":
+            cfg["data"]["root"] = value
+            cfg["data"]["synthetic"] = None
+        else:
+            cfg[key] = value
+    return cfg
+
+
 def load_config(path: str, overrides: dict | None = None) -> dict:
     """Read a YAML recipe, fill defaults, apply CLI overrides, and check it."""
     if not os.path.isfile(path):
@@ -65,17 +82,7 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             cfg[key].update(value)
         else:
             cfg[key] = value
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "epochs":
-            for st in cfg["stages"]:
-                st["epochs"] = int(value)
-        elif key == "data_root":
-            cfg["data"]["root"] = value
-            cfg["data"]["synthetic"] = None
-        else:
-            cfg[key] = value
+    apply_overrides(cfg, overrides)
     if not cfg["stages"]:
         raise ValueError(f"{path}: no training stages")
     for i, st in enumerate(cfg["stages"]):

@@ -51,6 +51,7 @@ from kerapose.train import (
     _is_chief,
     _prepare_data,
     _worker_position,
+    apply_overrides,
     fit_stage,
     get_strategy,
 )
@@ -169,17 +170,7 @@ def load_paf_config(path: str, overrides: dict | None = None) -> dict:
             cfg[key].update(value)
         else:
             cfg[key] = value
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key == "epochs":
-            for st in cfg["stages"]:
-                st["epochs"] = int(value)
-        elif key == "data_root":
-            cfg["data"]["root"] = value
-            cfg["data"]["synthetic"] = None
-        else:
-            cfg[key] = value
+    apply_overrides(cfg, overrides)
     if cfg["model"].get("name") not in PAF_MODELS:
         raise ValueError(f"{path}: model.name is {cfg['model'].get('name')!r}; accepted: {', '.join(PAF_MODELS)}")
     size = cfg["model"].get("input_size")

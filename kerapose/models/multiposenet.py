@@ -145,30 +145,12 @@ class MultiPoseNet(keras.Model):
         Returns one dict per image: ``keypoints`` [N, K, 3] (x, y, score), ``scores`` [N] and
         ``boxes`` [N, 4] in that image's pixels (N = detected people, unpadded).
         """
-        import numpy as np
+        from kerapose.models._poses import predict_with_graph
 
         key = (tuple(input_size), max_people, score_threshold, iou_threshold)
-        cache = self.__dict__.setdefault("_end_to_end_cache", {})
-        if key not in cache:
-            import tensorflow as tf
 
-            graph = self.end_to_end(*key)
-            # one trace for every image size (eager calls of the graph are several times slower)
-            cache[key] = tf.function(lambda x: graph(x, training=False), reduce_retracing=True,
-                                     input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-        e2e = cache[key]
-        results = []
-        for img in images:
-            arr = np.asarray(img)
-            if arr.ndim != 3 or arr.shape[-1] != 3:
-                raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
-            if arr.dtype != np.uint8:
-                raise ValueError(f"expected a uint8 image, got dtype {arr.dtype}")
-            out = {k: np.asarray(v) for k, v in e2e(arr[None]).items()}
-            n = int(out["num_poses"][0])
-            results.append({"keypoints": out["keypoints"][0, :n], "scores": out["scores"][0, :n],
-                            "boxes": out["boxes"][0, :n]})
-        return results
+        return predict_with_graph(self.__dict__.setdefault("_end_to_end_cache", {}), key,
+                                  lambda: self.end_to_end(*key), images)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         self.backbone.trainable = not frozen

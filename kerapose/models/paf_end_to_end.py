@@ -197,28 +197,12 @@ def paf_predict_poses(model, images, input_size: tuple[int, int] | None = None, 
     ``boxes`` [N, 4] in that image's pixels (N = people found, unpadded). The graph is traced
     once per setting and cached on the model.
     """
-    import numpy as np
+    from kerapose.models._poses import predict_with_graph
 
     key = (None if input_size is None else tuple(int(v) for v in input_size), int(max_people), score_threshold)
-    cache = model.__dict__.setdefault("_paf_end_to_end_cache", {})
-    if key not in cache:
-        graph = paf_end_to_end(model, key[0], max_people=key[1], score_threshold=score_threshold)
-        # one trace for every image size (eager calls of the graph are several times slower)
-        cache[key] = tf.function(lambda x: graph(x, training=False), reduce_retracing=True,
-                                 input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
-    e2e = cache[key]
-    results = []
-    for img in images:
-        arr = np.asarray(img)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise ValueError(f"expected an RGB image [H, W, 3], got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            raise ValueError(f"expected a uint8 image, got dtype {arr.dtype}")
-        out = {k: np.asarray(v) for k, v in e2e(arr[None]).items()}
-        n = int(out["num_poses"][0])
-        results.append({"keypoints": out["keypoints"][0, :n], "scores": out["scores"][0, :n],
-                        "boxes": out["boxes"][0, :n]})
-    return results
+    return predict_with_graph(
+        model.__dict__.setdefault("_paf_end_to_end_cache", {}), key,
+        lambda: paf_end_to_end(model, key[0], max_people=key[1], score_threshold=score_threshold), images)
 
 
 def to_image_pixels(keypoints, scale_xy=(1.0, 1.0), offset=(0.0, 0.0)) -> "np.ndarray":  # noqa: F821
