@@ -16,13 +16,16 @@ One process, one run; the machine's CPU count and load average (start and end) g
    ResNet-50 MultiPoseNet (paper sizes: FPN 256, keypoint subnet 128 / 512), 480x480, batch 1
    and 2: the ``keypoints`` stage (backbone + FPN + keypoint subnet, masked L2 on the output and
    the four intermediate outputs, Adam) and the ``persons`` stage (RetinaNet subnet, backbone
-   frozen, focal + smooth L1, Adam), as ``kerapose train`` compiles them. Median of ``--runs``
-   steps after ``--warmup`` steps; ``first_step_s`` is the first call (graph tracing included).
+   frozen, focal + smooth L1, Adam), as ``kerapose train`` compiles them, in float32 and in the
+   ``mixed_precision`` policies of ``--precisions`` (bfloat16 pays on CPUs with AVX512_BF16 / AMX;
+   float16 is emulated on CPUs). Median of ``--runs`` steps after ``--warmup`` steps;
+   ``first_step_s`` is the first call (graph tracing included).
 
 TensorFlow uses its default thread pools (all cores). Random (seeded) weights: the step time
 does not depend on them.
 
 Usage: ``python benchmarks/bench_training.py [--backbones resnet18 resnet50] [--batches 1 2]
+[--precisions float32 bfloat16]
 [--runs 5] [--warmup 2] [--samples 60] [--data-root ../shared/data/coco-mini]
 [--out benchmarks/results/training.json]``
 """
@@ -111,12 +114,15 @@ def real_batch(train: CocoKeypoints, targets: MultiPoseNetTargets, batch: int):
     return x, y
 
 
-def step_times(backbone: str, train: CocoKeypoints, batches: list[int], runs: int, warmup: int) -> list[dict]:
-    """Median train step of both stages for each batch size, one model per backbone."""
+def step_times(backbone: str, train: CocoKeypoints, batches: list[int], runs: int, warmup: int,
+               precision: str = "float32") -> list[dict]:
+    """Median train step of both stages for each batch size, one model per backbone and precision."""
     from kerapose.losses import MaskedL2, RetinaFocalLoss, RetinaSmoothL1
     from kerapose.models import MultiPoseNet
+    from kerapose.train import precision_policy
 
     keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision_policy(precision) or "float32")
     model = MultiPoseNet(backbone, input_shape=(*SIZE, 3), backbone_weights=None)
     rows = []
     for stage in ("keypoints", "persons"):
@@ -134,10 +140,13 @@ def step_times(backbone: str, train: CocoKeypoints, batches: list[int], runs: in
             sub.train_on_batch(x, y)
             first = time.perf_counter() - t0
             ms = median_ms(lambda: sub.train_on_batch(x, y), runs, warmup=warmup)
-            rows.append({"backbone": backbone, "stage": stage, "batch": batch, "step_ms": ms,
-                         "ms_per_image": ms / batch, "first_step_s": first, "trainable_params": trainable})
-            print(f"  {backbone} {stage} batch {batch}: {ms:.0f} ms/step (first {first:.1f} s)", flush=True)
+            rows.append({"backbone": backbone, "precision": precision, "stage": stage, "batch": batch,
+                         "step_ms": ms, "ms_per_image": ms / batch, "first_step_s": first,
+                         "trainable_params": trainable})
+            print(f"  {backbone} {precision} {stage} batch {batch}: {ms:.0f} ms/step (first {first:.1f} s)",
+                  flush=True)
     model.freeze_backbone(False)
+    keras.mixed_precision.set_global_policy("float32")
     return rows
 
 
@@ -145,6 +154,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "float16", "bfloat16"],
+                        help="compute precisions of the step timings (mixed: variables and outputs float32)")
     parser.add_argument("--runs", type=int, default=5, help="timed training steps per row")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first, per row")
     parser.add_argument("--samples", type=int, default=60, help="timed pipeline samples per row")
@@ -174,18 +186,26 @@ def main() -> None:
     if not args.no_steps:
         print(f"training step, {SIZE[0]}x{SIZE[1]} (median of {args.runs} after {args.warmup} warm-up):", flush=True)
         for backbone in args.backbones:
-            steps += step_times(backbone, train, args.batches, args.runs, args.warmup)
-            keras.backend.clear_session()
-        print("\n| backbone | stage | batch | ms / step | ms / image | first step (s) | trainable params |")
-        print("|---|---|---:|---:|---:|---:|---:|")
+            for precision in args.precisions:
+                steps += step_times(backbone, train, args.batches, args.runs, args.warmup, precision)
+                keras.backend.clear_session()
+        base = {(r["backbone"], r["stage"], r["batch"]): r["step_ms"] for r in steps if r["precision"] == "float32"}
+        for r in steps:  # speed-up over float32, measured in this run
+            ref = base.get((r["backbone"], r["stage"], r["batch"]))
+            r["speedup_vs_float32"] = ref / r["step_ms"] if ref else None
+        print("\n| backbone | precision | stage | batch | ms / step | ms / image | vs float32 | first step (s) "
+              "| trainable params |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for r in steps:
-            print(f"| {r['backbone']} | {r['stage']} | {r['batch']} | {r['step_ms']:.0f} | {r['ms_per_image']:.0f} "
-                  f"| {r['first_step_s']:.1f} | {r['trainable_params']:,} |")
+            ratio = f"{r['speedup_vs_float32']:.2f}x" if r["speedup_vs_float32"] else "-"
+            print(f"| {r['backbone']} | {r['precision']} | {r['stage']} | {r['batch']} | {r['step_ms']:.0f} "
+                  f"| {r['ms_per_image']:.0f} | {ratio} | {r['first_step_s']:.1f} | {r['trainable_params']:,} |")
 
     out = {
         "benchmark": "training",
         "input_hw": list(SIZE),
-        "data": {"root": str(root), "split": "train2017", "images": len(train)},
+        # relative to the checkout: the JSON is committed and must not carry this machine's paths
+        "data": {"root": os.path.relpath(root, ROOT), "split": "train2017", "images": len(train)},
         "statistic": "median",
         "settings": {"runs": args.runs, "warmup": args.warmup, "samples": args.samples},
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "load_avg_start": list(load_start),

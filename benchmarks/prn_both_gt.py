@@ -28,7 +28,7 @@ The paper's figure (Kocabas et al. 2018): 89.4 AP for the PRN with both GT on CO
 figures here carry a large sampling error (one person is ~4 % of val) and training sees ~1/1000
 of COCO; they check the pipeline end to end, not the paper's number.
 
-Usage: ``python benchmarks/prn_both_gt.py [--steps 1500] [--hidden 1024] [--batch 32]
+Usage: ``python benchmarks/prn_both_gt.py [--steps 1500] [--hidden 1024] [--batch 32] [--residual-scale 1]
 [--data-root ../shared/data/coco-mini] [--out benchmarks/results/prn_both_gt.json]``
 """
 
@@ -102,10 +102,11 @@ def score_max(dataset: CocoKeypoints, codec: PRNCodec, heatmap_codec: HeatmapCod
     return evaluate_keypoints(dataset.coco, results, image_ids=dataset.image_ids, keypoint_set=codec.keypoint_set)
 
 
-def build_prn(codec: PRNCodec, hidden: int, seed: int, learning_rate: float = 1e-4) -> keras.Model:
+def build_prn(codec: PRNCodec, hidden: int, seed: int, learning_rate: float = 1e-4,
+              residual_scale: float = 1.0) -> keras.Model:
     """The paper's PRN (``hidden`` units, dropout 0.5), seeded, compiled as kerapose's stage 3."""
     keras.utils.set_random_seed(seed)
-    model = pose_residual_network(codec.num_channels, codec.input_hw, hidden=hidden)
+    model = pose_residual_network(codec.num_channels, codec.input_hw, hidden=hidden, residual_scale=residual_scale)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=prn_loss())
     return model
 
@@ -151,6 +152,8 @@ def main() -> None:
                         help="pairs: kerapose's prn_dataset (rendered Gaussians); crops: GT heatmap crops")
     parser.add_argument("--hidden", type=int, default=1024, help="PRN hidden units (paper: 1024)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--residual-scale", type=float, default=1.0,
+                        help="weight of the PRN's residual in its logits (paper: 1; see pose_residual_network)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="COCO-layout root (default: ../shared/data/coco-mini)")
@@ -169,7 +172,7 @@ def main() -> None:
     train_people = sum(len(b) for _, b, _ in train_inputs)
 
     rows = [{"method": "max", "val": score_max(val_set, codec, hc), "train": score_max(train_set, codec, hc)}]
-    model = build_prn(codec, args.hidden, args.seed, args.learning_rate)
+    model = build_prn(codec, args.hidden, args.seed, args.learning_rate, args.residual_scale)
     rows.append({"method": "prn_untrained", "val": score_prn(model, val_inputs, val_set, codec),
                  "train": score_prn(model, train_inputs, train_set, codec)})
     if args.train_inputs == "pairs":
@@ -201,9 +204,10 @@ def main() -> None:
 
     out = {
         "benchmark": "prn_both_gt",
-        "data": {"root": str(root), "val_images": len(val_set), "val_people": val_people,
+        "data": {"root": os.path.relpath(root, Path(__file__).resolve().parents[1]), "val_images": len(val_set), "val_people": val_people,
                  "train_images": len(train_set), "train_people": train_people, "train_pairs_with_flips": pairs},
         "settings": {"steps": args.steps, "batch": args.batch, "hidden": args.hidden,
+                     "residual_scale": args.residual_scale,
                      "train_inputs": args.train_inputs, "eval_every": args.eval_every,
                      "learning_rate": args.learning_rate, "seed": args.seed, "stride": STRIDE,
                      "prn_input_hw": list(codec.input_hw), "margin": codec.margin},

@@ -5,7 +5,8 @@ Stages (each a ``model.fit`` with its own optimizer):
 1. ``keypoints``: backbone + keypoint subnet on the heatmap/segmentation targets (masked L2 on
    the final and every intermediate output), Adam, learning rate divided by 10 on plateaux.
 2. ``persons``: the RetinaNet person subnet with the backbone frozen (focal loss + smooth L1).
-3. ``prn``: the Pose Residual Network on annotation-derived pairs (binary cross-entropy).
+3. ``prn``: the Pose Residual Network on annotation-derived pairs (binary cross-entropy), or
+   (``inputs: network``) on crops of the trained keypoint subnet's own heatmaps.
 
 Every stage writes ``OUTPUT/STAGE/{last,best}.keras`` (the whole MultiPoseNet, written
 atomically), CSV and TensorBoard logs, and uses ``BackupAndRestore`` so that a killed run,
@@ -26,13 +27,18 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-__all__ = ["load_config", "get_strategy", "train", "fit_stage", "evaluate_model", "STAGES"]
+__all__ = ["load_config", "get_strategy", "train", "fit_stage", "evaluate_model", "precision_policy", "STAGES"]
 
 STAGES = ("keypoints", "persons", "prn")
+# keys a MultiPoseNet stage accepts (a misspelt key is an error, not a silently ignored option)
+STAGE_KEYS = ("name", "epochs", "steps_per_epoch", "batch_size", "optimizer", "learning_rate", "momentum",
+              "weight_decay", "schedule", "plateau_factor", "plateau_patience", "freeze_backbone",
+              "intermediate_weight", "inputs")
 _DEFAULTS: dict[str, Any] = {
     "model": {"name": "multiposenet", "backbone": "resnet50", "keypoint_set": "coco17", "input_size": [480, 480]},
     "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None, "image_ids": None},
     "augment": {},
+    "targets": {"sigma": 2.0},  # heatmap Gaussians' standard deviation in stride-4 output cells (8 px)
     "batch_size": 8,
     "seed": 0,
     "mixed_precision": False,
@@ -56,6 +62,21 @@ def apply_overrides(cfg: dict, overrides: dict | None) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+_PRECISIONS = {False: None, None: None, "float32": None, True: "mixed_float16", "float16": "mixed_float16",
+               "bfloat16": "mixed_bfloat16"}
+
+
+def precision_policy(value) -> str | None:
+    """A recipe's ``mixed_precision`` (false / "float32", true = "float16", "bfloat16") -> the Keras
+    dtype policy to set, or None for float32. bfloat16 is the one that pays on CPUs with
+    AVX512_BF16 / AMX (float16 is emulated there); numbers in benchmarks/bench_training.py."""
+    try:
+        return _PRECISIONS[value]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"mixed_precision: expected false, 'float32', true, 'float16' or 'bfloat16', got {value!r}") from None
 
 
 def load_config(path: str, overrides: dict | None = None) -> dict:
@@ -86,8 +107,17 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
     if not cfg["stages"]:
         raise ValueError(f"{path}: no training stages")
     for i, st in enumerate(cfg["stages"]):
+        if not isinstance(st, dict):
+            raise ValueError(f"{path}: stages[{i}] must be a mapping, got {type(st).__name__}")
         if st.get("name") not in STAGES:
             raise ValueError(f"{path}: stages[{i}].name is {st.get('name')!r}; accepted: {', '.join(STAGES)}")
+        extra = set(st) - set(STAGE_KEYS)
+        if extra:
+            raise ValueError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}; accepted: {sorted(STAGE_KEYS)}")
+        if st.get("inputs", "annotations") not in ("annotations", "network") or (
+                "inputs" in st and st["name"] != "prn"):
+            raise ValueError(f"{path}: stages[{i}].inputs is a prn-stage option: annotations or network, "
+                             f"got {st.get('inputs')!r} on a {st['name']} stage")
         if int(st.get("epochs", 0)) < 1:
             raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
         if st.get("schedule", "plateau") not in ("plateau", "cosine"):
@@ -96,6 +126,19 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: stages[{i}].intermediate_weight must be >= 0")
     if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
+    extra = set(cfg["evaluate"]) - {"max_people", "score_threshold", "flip_test"}
+    if extra:
+        raise ValueError(f"{path}: evaluate has unknown keys {sorted(extra)}; "
+                         "accepted: ['flip_test', 'max_people', 'score_threshold']")
+    extra = set(cfg["targets"]) - {"sigma"}
+    if extra:
+        raise ValueError(f"{path}: targets has unknown keys {sorted(extra)}; accepted: ['sigma']")
+    if not float(cfg["targets"]["sigma"]) > 0:
+        raise ValueError(f"{path}: targets.sigma must be > 0 (output cells), got {cfg['targets']['sigma']!r}")
+    try:
+        precision_policy(cfg["mixed_precision"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     return cfg
 
 
@@ -309,13 +352,16 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
     from kerapose.codecs.prn import PRNCodec
     from kerapose.data.augment import AugmentConfig
     from kerapose.data.coco import CocoKeypoints
-    from kerapose.data.pipeline import MultiPoseNetTargets, SkipCounter, keypoint_dataset, prn_dataset
+    from kerapose.data.pipeline import (MultiPoseNetTargets, SkipCounter, keypoint_dataset, network_prn_pairs,
+                                        prn_dataset)
     from kerapose.losses import MaskedL2, RetinaFocalLoss, RetinaSmoothL1, prn_loss
+    from kerapose.models.multiposenet import KEYPOINT_STRIDE
 
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(int(config["seed"]))
-    if config.get("mixed_precision"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision_policy(config.get("mixed_precision"))
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
     chief = _is_chief()
     num_workers, worker_index = _worker_position() if strategy == "multi-worker" else (1, 0)
     # A non-chief worker keeps its own state (backups, progress, stage weights, generated data) in
@@ -368,7 +414,8 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 model.freeze_backbone(bool(stage.get("freeze_backbone", name == "persons")))
                 person = name == "persons"
                 targets = MultiPoseNetTargets(config["model"]["keypoint_set"], size, person_targets=person,
-                                              heatmap_targets=not person)
+                                              heatmap_targets=not person,
+                                              sigma=float(config.get("targets", {}).get("sigma", 2.0)))
                 sub = model.person_model if person else model.keypoint_model
                 keys = list(targets.output_shapes)
                 if person:
@@ -390,8 +437,21 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 codec = PRNCodec(config["model"]["keypoint_set"])
                 sub = model.prn
                 losses = prn_loss()
-                train_ds, n_pairs = prn_dataset(train_set, codec, batch, seed=seed + i)
-                val_ds, _ = prn_dataset(val_set, codec, batch, shuffle=False, flip=False, repeat=False)
+                # inputs: annotations (the paper: rendered ground truth) or network (the trained
+                # keypoint subnet's heatmaps at the ground-truth boxes)
+                source = stage.get("inputs", "annotations")
+                if source == "network":
+                    print("[kerapose] PRN pairs from the keypoint subnet's heatmaps", flush=True)
+                    train_pairs, val_pairs = (
+                        network_prn_pairs(d, codec, model.keypoint_model, size, KEYPOINT_STRIDE,
+                                          skips=skips, progress=verbose > 0) for d in (train_set, val_set))
+                elif source == "annotations":
+                    train_pairs, val_pairs = None, None
+                else:
+                    raise ValueError(f"stages[{i}].inputs: expected 'annotations' or 'network', got {source!r}")
+                train_ds, n_pairs = prn_dataset(train_set, codec, batch, seed=seed + i, pairs=train_pairs)
+                val_ds, _ = prn_dataset(val_set, codec, batch, shuffle=False, flip=False, repeat=False,
+                                        pairs=val_pairs)
                 steps = int(stage.get("steps_per_epoch") or max(1, n_pairs // batch))
             sub.compile(optimizer=_optimizer(stage, steps * int(stage["epochs"])), loss=losses, loss_weights=weights,
                         jit_compile=False)
@@ -421,7 +481,7 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
 
 
 def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, score_threshold: float = 0.3,
-                   image_ids=None, progress: bool = True) -> dict:
+                   image_ids=None, progress: bool = True, flip_test: bool = False) -> dict:
     """COCO keypoint AP of a MultiPoseNet end to end (boxes -> PRN -> keypoints) on a dataset split."""
     from kerapose.data.pipeline import read_image
     from kerapose.evaluation import evaluate_keypoints, keypoint_results
@@ -433,7 +493,7 @@ def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, 
         rec = dataset.record(image_id)
         image = read_image(rec.path)
         pose = model.predict_poses([image], input_size=tuple(input_size), max_people=max_people,
-                                   score_threshold=score_threshold)[0]
+                                   score_threshold=score_threshold, flip_test=flip_test)[0]
         results += keypoint_results(image_id, pose["keypoints"], pose["scores"])
         if bar is not None:
             bar.update(n + 1)

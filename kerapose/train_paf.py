@@ -54,6 +54,7 @@ from kerapose.train import (
     apply_overrides,
     fit_stage,
     get_strategy,
+    precision_policy,
 )
 
 __all__ = [
@@ -242,8 +243,9 @@ def train_paf(config: dict, output: str, strategy: str = "default", verbose: int
 
     os.makedirs(output, exist_ok=True)
     keras.utils.set_random_seed(int(config["seed"]))
-    if config.get("mixed_precision"):
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    policy = precision_policy(config.get("mixed_precision"))
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
     chief = _is_chief()
     num_workers, worker_index = _worker_position() if strategy == "multi-worker" else (1, 0)
     # As kerapose.train: a non-chief worker keeps its state (backups, progress, stage weights,

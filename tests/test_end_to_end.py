@@ -86,6 +86,11 @@ def test_flip_test_and_multi_scale(model, image):
     both = model.end_to_end(size, max_people=4, score_threshold=0.0, flip_test=True, scales=(0.75,))(image[None])
     np.testing.assert_allclose(plain["boxes"], both["boxes"], atol=1e-3)  # boxes from the base pass only
     assert np.abs(plain["keypoints"].numpy() - both["keypoints"].numpy()).max() > 0
+    # predict_poses(flip_test=True) runs the flip-averaged graph: the same people as that graph
+    flipped = model.end_to_end(size, max_people=4, score_threshold=0.0, flip_test=True)(image[None])
+    got = model.predict_poses([image], input_size=size, max_people=4, score_threshold=0.0, flip_test=True)[0]
+    n = int(flipped["num_poses"][0])
+    np.testing.assert_allclose(got["keypoints"], flipped["keypoints"].numpy()[0, :n], atol=1e-4)
     fixed = MultiPoseNet("resnet18", input_shape=(64, 64, 3), prn_hidden=8)
     with pytest.raises(ValueError, match="multi-scale inference needs"):
         fixed.end_to_end((64, 64), scales=(0.5,))

@@ -173,6 +173,30 @@ def test_import_kerapose_alone_registers_every_saved_class(tmp_path):
     assert "loaded MultiPoseNet" in proc.stdout
 
 
+def test_prn_residual_scale(tmp_path):
+    """residual_scale weights the input heatmaps in the logits: with the dense branch at zero the
+    output is softmax(scale * x) (numpy reference); the model config carries it through save/load."""
+    prn = pose_residual_network(3, hidden=4, residual_scale=10.0)
+    fc2 = prn.get_layer("prn_fc2")
+    fc2.set_weights([np.zeros_like(w) for w in fc2.get_weights()])
+    x = np.random.default_rng(3).uniform(size=(2, 56, 36, 3)).astype("float32")
+    flat = 10.0 * x.reshape(2, -1, 3)
+    ref = np.exp(flat - flat.max(1, keepdims=True))
+    ref = (ref / ref.sum(1, keepdims=True)).reshape(x.shape)
+    np.testing.assert_allclose(prn(x, training=False).numpy(), ref, rtol=1e-4, atol=1e-7)
+    assert pose_residual_network(3, hidden=4).count_params() == prn.count_params()
+    with pytest.raises(ValueError, match="residual_scale"):
+        pose_residual_network(3, hidden=4, residual_scale=0)
+    m = MultiPoseNet("resnet18", fpn_size=16, keypoint_head_size=8, keypoint_fuse_size=16, prn_hidden=4,
+                     prn_residual_scale=10.0)
+    assert m.get_config()["prn_residual_scale"] == 10.0
+    assert m.prn.get_layer("prn_residual_scale").scale == 10.0
+    m.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.prn(x[..., :1].repeat(17, -1)), m.prn(x[..., :1].repeat(17, -1)), atol=1e-6)
+    assert loaded.prn_residual_scale == 10.0
+
+
 def test_prn_save_load(tmp_path):
     prn = pose_residual_network(5, hidden=8)
     path = tmp_path / "prn.keras"

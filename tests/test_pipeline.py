@@ -122,3 +122,77 @@ def test_prn_pairs_with_flips(syn_root):
     # targets are one-hot per labelled channel
     sums = y.numpy().sum(axis=(1, 2))
     assert set(np.round(np.unique(sums), 5)) <= {0.0, 1.0}
+
+
+class _GroundTruthHeatmaps:
+    """Stands in for a trained keypoint subnet: returns the heatmap codec's encoding of each
+    image's ground truth (at the network scale), and records the images it was given."""
+
+    def __init__(self, records, scale, size, stride=4):
+        from kerapose.codecs.heatmap import HeatmapCodec
+
+        codec = HeatmapCodec("coco17", stride=stride)
+        self.maps = []
+        for rec in records:
+            kp = rec.keypoints.astype(np.float64).copy()
+            kp[..., :2] *= scale
+            self.maps.append(np.concatenate([codec.encode(kp, size), np.zeros((*codec.output_size(size), 1))], -1))
+        self.seen = []
+
+    def __call__(self, images, training=False):
+        n = len(self.seen)
+        self.seen += list(np.asarray(images))
+        return {"heatmaps": np.stack(self.maps[n:n + len(images)]).astype(np.float32)}
+
+
+def test_network_prn_pairs_crop_the_models_heatmaps(syn_root, tmp_path):
+    """PRN pairs from a keypoint model's heatmaps: the images go in letterboxed (tf.image.resize
+    as the reference), each annotated person gives one crop at its ground-truth box, and the
+    crops of a model that outputs the ground-truth heatmaps decode (PRN codec, per-channel
+    argmax) back to the owner's keypoints; targets equal the annotation pairs' targets."""
+    import tensorflow as tf
+
+    from kerapose.data.pipeline import annotation_prn_pairs, network_prn_pairs
+
+    ds = CocoKeypoints(str(syn_root), "train")
+    codec = PRNCodec("coco17")
+    size = (2 * SIZE[0], 2 * SIZE[1])  # the network runs at twice the image size: boxes scale by 2
+    records = [rec for rec in ds if len(codec.training_pairs(rec)[2])]  # the images with a PRN pair
+    fake = _GroundTruthHeatmaps(records, 2.0, size)
+    x, y = network_prn_pairs(ds, codec, fake, size, stride=4, batch_size=3, progress=False)
+    _, y_ref = annotation_prn_pairs(ds, codec)
+    np.testing.assert_array_equal(y, y_ref)
+    assert x.shape == y.shape and x.shape[1:] == (56, 36, 17)
+    for rec, seen in zip(records, fake.seen, strict=True):
+        ref = tf.image.resize(read_image(rec.path).astype(np.float32), size, method="bilinear").numpy()
+        np.testing.assert_allclose(seen, ref, atol=1e-3)
+    # a crop holds every person's peaks inside the box, all of height 1: each decoded keypoint is
+    # the owner's or, where people overlap, another person's keypoint of the same type
+    boxes, owners, everyone = [], [], []
+    for rec in records:
+        _, _, persons = codec.training_pairs(rec)
+        boxes.append(rec.boxes[persons])
+        owners.append(rec.keypoints[persons])
+        labelled = np.where(rec.keypoints[..., 2:] > 0, rec.keypoints[..., :2], np.inf)
+        everyone += [labelled] * len(persons)
+    boxes, owners = np.concatenate(boxes), np.concatenate(owners)
+    decoded = codec.decode(x, boxes * 2.0)[..., :2] / 2.0
+    own = np.linalg.norm(decoded - owners[..., :2], axis=-1)[owners[..., 2] > 0]
+    nearest = np.stack([np.linalg.norm(d[None] - e, axis=-1).min(0) for d, e in zip(decoded, everyone)])
+    nearest = nearest[owners[..., 2] > 0]
+    assert np.median(own) < 1.0 and np.mean(own < 2.0) > 0.5
+    assert np.mean(nearest < 2.0) > 0.95
+
+    # an unreadable image is skipped and counted, the others still give their pairs
+    broken = tmp_path / "data"
+    shutil.copytree(syn_root, broken)
+    victim = CocoKeypoints(str(broken), "train")
+    kept = [rec for rec in victim if len(codec.training_pairs(rec)[2])]
+    with open(kept[0].path, "wb") as f:
+        f.write(b"not an image")
+    skips = SkipCounter()
+    x2, y2 = network_prn_pairs(victim, codec, _GroundTruthHeatmaps(kept[1:], 2.0, size), size, skips=skips,
+                               progress=False)
+    assert skips.counts == {"unreadable image": 1}
+    assert len(x2) == len(y2) == len(x) - len(codec.training_pairs(kept[0])[2])
+    np.testing.assert_array_equal(x2, x[len(x) - len(x2):])

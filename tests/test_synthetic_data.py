@@ -194,6 +194,54 @@ def test_left_limbs_lighter_than_right():
     assert pairs > 30 and lighter >= 0.75 * pairs
 
 
+def test_clothed_style_marks_the_joints():
+    """style="clothed" draws the upper and lower segments of arms and legs in different colours,
+    so that elbows and knees are colour boundaries: the midpoints of shoulder-elbow and
+    elbow-wrist (hip-knee, knee-ankle) differ in colour far more often than in the stick style,
+    where a limb is one colour. Its limbs are also thicker (adult proportions)."""
+    def contrast(style: str) -> tuple[list, float]:
+        diffs, area, people = [], 0.0, 0
+        for i in range(25):
+            scene = render_scene(scene_rng(7, "train", i), SIZE, (1, 3), 0.0, 0.0, style=style)
+            img = scene.image.astype(float)
+            for p in scene.people:
+                kp = p.keypoints
+                height = np.ptp(kp[kp[:, 2] > 0, 1]) if (kp[:, 2] > 0).sum() > 1 else 0.0
+                if height > 0:
+                    area += p.mask.sum() / height**2
+                    people += 1
+                for a, b, c in ((5, 7, 9), (6, 8, 10), (11, 13, 15), (12, 14, 16)):
+                    if (kp[[a, b, c], 2] == 2).all():
+                        m1, m2 = (kp[a, :2] + kp[b, :2]) / 2, (kp[b, :2] + kp[c, :2]) / 2
+                        (x1, y1), (x2, y2) = np.rint(m1).astype(int), np.rint(m2).astype(int)
+                        if p.visible[y1, x1] and p.visible[y2, x2]:
+                            diffs.append(np.abs(img[y1, x1] - img[y2, x2]).sum())
+        return diffs, area / people
+
+    stick, stick_area = contrast("stick")
+    clothed, clothed_area = contrast("clothed")
+    assert len(clothed) > 40 and len(stick) > 40
+    assert np.mean(np.asarray(clothed) > 40) > 0.7 > 0.3 > np.mean(np.asarray(stick) > 40)
+    assert clothed_area > 1.1 * stick_area  # mask area per squared keypoint height
+    with pytest.raises(ValueError, match="style"):
+        render_scene(scene_rng(7, "train", 0), SIZE, (1, 3), style="cartoon")
+
+
+def test_person_height_sets_the_figure_sizes():
+    def extents(person_height):
+        out = []
+        for i in range(15):
+            scene = render_scene(scene_rng(4, "train", i), SIZE, (1, 2), 0.0, 0.0, person_height=person_height)
+            for p in scene.people:
+                kp = p.keypoints[p.keypoints[:, 2] > 0]
+                out.append(max(np.ptp(kp[:, 0]), np.ptp(kp[:, 1])) / SIZE[0])
+        return np.asarray(out)
+
+    small, large = extents((0.2, 0.3)), extents((0.7, 0.95))
+    # keypoints span most of a figure's height (head top and feet lie beyond them)
+    assert small.max() < 0.3 and np.median(large) > 0.5 and large.max() <= 0.95
+
+
 def test_deterministic_for_a_seed(tmp_path):
     kw = dict(num_train=3, num_val=2, image_size=SIZE, progress=False, **RATES)
     a = generate_synthetic_coco(str(tmp_path / "a"), seed=5, **kw)
@@ -274,6 +322,8 @@ def test_keypoint_subset_and_bad_arguments(tmp_path, synth):
         (dict(people=(3, 2)), "people"),
         (dict(crowd_rate=1.5), "crowd_rate"),
         (dict(segmentation="mask"), "segmentation"),
+        (dict(style="cartoon"), "style"),
+        (dict(person_height=(0.9, 0.5)), "person_height"),
         (dict(seed=-1), "seed"),
     ]
     for kwargs, match in bad:

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from kerapose.train import load_config, train
+from kerapose.train import load_config, precision_policy, train
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -24,20 +24,37 @@ def test_recipes_load():
         assert cfg["model"]["name"] == "multiposenet"
 
 
-def test_config_errors(tmp_path):
+_KP = "stages: [{name: keypoints, epochs: 1}]\ndata: {root: x}\n"
+_BAD_RECIPES = [  # (recipe text, the error it must raise)
+    ("model: {backbone: resnet18}\nstages: [{name: warmup, epochs: 1}]\ndata: {root: x}\n",
+     r"stages\[0\].name is 'warmup'"),
+    ("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n", r"unknown keys \['learning_rate'\]"),
+    ("stages: [{name: keypoints, epochs: 1, schedule: linear}]\ndata: {root: x}\n",
+     r"stages\[0\].schedule is 'linear'; accepted: plateau, cosine"),
+    ("stages: [{name: keypoints, epochs: 1}]\n", "data.root"),
+    ("stages: [{name: keypoints, epochs: 1, learning_rat: 1.0e-3}]\ndata: {root: x}\n",
+     r"stages\[0\] has unknown keys \['learning_rat'\]"),
+    ("stages: [{name: keypoints, epochs: 1, inputs: network}]\ndata: {root: x}\n",
+     r"stages\[0\].inputs is a prn-stage option"),
+    ("stages: [{name: prn, epochs: 1, inputs: detections}]\ndata: {root: x}\n",
+     "annotations or network, got 'detections'"),
+    (_KP + "mixed_precision: half\n", "expected false, 'float32', true, 'float16' or 'bfloat16', got 'half'"),
+    (_KP + "evaluate: {flip: true}\n", r"evaluate has unknown keys \['flip'\]"),
+    (_KP + "targets: {sigma: 0}\n", "targets.sigma must be > 0"),
+]
+
+
+@pytest.mark.parametrize("text,match", _BAD_RECIPES)
+def test_config_errors(tmp_path, text, match):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {backbone: resnet18}\nstages: [{name: warmup, epochs: 1}]\ndata: {root: x}\n")
-    with pytest.raises(ValueError, match=r"stages\[0\].name is 'warmup'"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match):
         load_config(str(bad))
-    bad.write_text("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match="unknown keys \\['learning_rate'\\]"):
-        load_config(str(bad))
-    bad.write_text("stages: [{name: keypoints, epochs: 1, schedule: linear}]\ndata: {root: x}\n")
-    with pytest.raises(ValueError, match=r"stages\[0\].schedule is 'linear'; accepted: plateau, cosine"):
-        load_config(str(bad))
-    bad.write_text("stages: [{name: keypoints, epochs: 1}]\n")
-    with pytest.raises(ValueError, match="data.root"):
-        load_config(str(bad))
+
+
+def test_config_missing_file_and_precision_policies(tmp_path):
+    assert precision_policy("bfloat16") == "mixed_bfloat16" and precision_policy(True) == "mixed_float16"
+    assert precision_policy(False) is None and precision_policy("float32") is None
     with pytest.raises(FileNotFoundError):
         load_config(str(tmp_path / "missing.yaml"))
 
@@ -104,16 +121,17 @@ def test_sigkilled_training_resumes_and_finishes_the_planned_steps(tmp_path):
     assert again["history"] == {} and again["AP"] == metrics["AP"]
 
 
-def test_mixed_precision_outputs_float32_and_trains():
+@pytest.mark.parametrize("precision", ["float16", "bfloat16"])
+def test_mixed_precision_outputs_float32_and_trains(precision):
     import numpy as np
 
     from kerapose.losses import MaskedL2
     from kerapose.models import MultiPoseNet
 
-    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(precision_policy(precision))
     try:
         model = MultiPoseNet("resnet18", fpn_size=16, keypoint_head_size=8, keypoint_fuse_size=16, prn_hidden=8)
-        assert model.get_layer("keypoint_subnet").compute_dtype == "float16"
+        assert model.get_layer("keypoint_subnet").compute_dtype == precision
         x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
         out = model(x)
         assert all(v.dtype == "float32" for v in out.values())
@@ -124,9 +142,10 @@ def test_mixed_precision_outputs_float32_and_trains():
         y = {k: np.concatenate([np.zeros((2, 16, 16, 18)), np.ones((2, 16, 16, 1))], -1).astype("float32")
              for k in sub.output}
         first = sub.train_on_batch(x, y, return_dict=True)["loss"]
-        # mixed precision wraps the optimizer in dynamic loss scaling: the first steps overflow
-        # float16 gradients, are skipped and halve the scale, then training proceeds
-        assert isinstance(sub.optimizer, keras.optimizers.LossScaleOptimizer)
+        # float16 wraps the optimizer in dynamic loss scaling: the first steps overflow float16
+        # gradients, are skipped and halve the scale, then training proceeds; bfloat16 has
+        # float32's exponent range and needs none
+        assert isinstance(sub.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "float16")
         for _ in range(20):
             last = sub.train_on_batch(x, y, return_dict=True)["loss"]
         assert np.isfinite(first) and np.isfinite(last) and last < first
@@ -145,6 +164,10 @@ def test_multiposenet_overfits_a_few_coco_images(coco_mini_root, tmp_path):
     cfg["batch_size"] = 3
     for stage, epochs in zip(cfg["stages"], (4, 10, 10)):
         stage["epochs"] = epochs
+    # RetinaNet's own inference threshold: a person the short detector stage scores below the
+    # recipe's 0.3 still counts (one of three people is a third of the AP; at 0.3 this run
+    # scored 0.711, 0.455 and 0.350 in three runs, the spread of CPU thread nondeterminism)
+    cfg["evaluate"]["score_threshold"] = 0.05
     metrics = train(cfg, str(tmp_path / "overfit"), verbose=0)
     hist = metrics["history"]
     print(f"\nMultiPoseNet-R18 overfit on {ids}: AP {metrics['AP']:.3f} (AP50 {metrics['AP50']:.3f}, "

@@ -25,7 +25,10 @@ from kerapose.data.coco import CocoKeypoints, ImageRecord
 from kerapose.losses import pack_box_targets, pack_weights
 from kerapose.skeleton import get_keypoint_set
 
-__all__ = ["SkipCounter", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset"]
+__all__ = [
+    "SkipCounter", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset",
+    "annotation_prn_pairs", "network_prn_pairs",
+]
 
 
 @dataclass
@@ -264,25 +267,20 @@ def prn_dataset(
     seed: int = 0,
     flip: bool = True,
     repeat: bool = True,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[tf.data.Dataset, int]:
-    """PRN training pairs from the annotations (input: everyone's keypoints in the owner's box,
-    target: the owner's), with horizontal flips as augmentation. Returns (dataset, num_pairs)."""
-    xs, ys = [], []
-    ks = codec.keypoint_set
-    for rec in coco:
-        if not len(rec.keypoints):
-            continue
-        x, y, _ = codec.training_pairs(rec)
-        if len(x):
-            xs.append(x)
-            ys.append(y)
-    if not xs:
-        raise ValueError(f"{coco.ann_file}: no persons with keypoints to build PRN pairs from")
-    x = np.concatenate(xs).astype(np.float32)
-    y = np.concatenate(ys).astype(np.float32)
+    """PRN training pairs, with horizontal flips as augmentation. Returns (dataset, num_pairs).
+
+    By default the pairs come from the annotations (input: everyone's keypoints in the owner's
+    box, rendered by ``codec``; target: the owner's), as in the paper; ``pairs`` gives other
+    ``(inputs, targets)`` arrays instead, e.g. :func:`network_prn_pairs`.
+    """
+    if pairs is None:
+        pairs = annotation_prn_pairs(coco, codec)
+    x, y = (np.asarray(a, np.float32) for a in pairs)
     if flip:
         # mirror the crop grid and swap left/right channels: the same pair seen flipped
-        perm = ks.flip_index
+        perm = codec.keypoint_set.flip_index
         x = np.concatenate([x, x[:, :, ::-1][..., perm]])
         y = np.concatenate([y, y[:, :, ::-1][..., perm]])
     n = len(x)
@@ -292,3 +290,82 @@ def prn_dataset(
     if repeat:
         ds = ds.repeat()
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n
+
+
+def annotation_prn_pairs(coco: CocoKeypoints, codec: PRNCodec) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's PRN pairs: ``(inputs, targets)`` ``[M, ch, cw, K]`` rendered from the annotations."""
+    xs, ys = [], []
+    for rec in coco:
+        if not len(rec.keypoints):
+            continue
+        x, y, _ = codec.training_pairs(rec)
+        if len(x):
+            xs.append(x)
+            ys.append(y)
+    if not xs:
+        raise ValueError(f"{coco.ann_file}: no persons with keypoints to build PRN pairs from")
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def network_prn_pairs(
+    coco: CocoKeypoints,
+    codec: PRNCodec,
+    keypoint_model,
+    input_size: tuple[int, int],
+    stride: int = 4,
+    batch_size: int = 16,
+    skips: SkipCounter | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """PRN pairs whose inputs are the trained keypoint subnet's own heatmaps.
+
+    Each image is letterboxed to ``input_size`` as at inference, run through ``keypoint_model``
+    (a model with a ``heatmaps`` output of at least K channels at ``stride``), and the heatmaps
+    are cropped at every annotated person's ground-truth box; targets are those of
+    :meth:`PRNCodec.training_pairs`. The PRN then learns to clean up the heatmaps the network
+    really produces, which differ from rendered Gaussians (weaker, wider, with spurious peaks)
+    while the network is far from converged. Unreadable images are skipped and counted.
+    """
+    from kerapose.models.end_to_end import Letterbox
+
+    k = codec.num_channels
+    letterbox = Letterbox(tuple(input_size))
+    xs, ys = [], []
+    batch_img, batch_boxes = [], []
+    records = [rec for rec in coco if len(rec.keypoints)]
+    bar = None
+    if progress:
+        import keras
+
+        bar = keras.utils.Progbar(len(records), unit_name="image")
+
+    def flush():
+        heat = keypoint_model(np.stack(batch_img), training=False)["heatmaps"]
+        heat = np.asarray(heat, np.float32)[..., :k]
+        index = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(batch_boxes)])
+        xs.append(codec.crop(heat, np.concatenate(batch_boxes), stride, image_index=index))
+        batch_img.clear()
+        batch_boxes.clear()
+
+    for n, rec in enumerate(records):
+        _, target, persons = codec.training_pairs(rec)
+        if len(persons):
+            try:
+                image = read_image(rec.path)
+            except ValueError:
+                if skips is not None:
+                    skips.add("unreadable image", rec.path)
+                continue
+            resized, scale = letterbox(image[None])
+            ys.append(target)
+            batch_img.append(np.asarray(resized)[0])
+            batch_boxes.append(np.asarray(rec.boxes, np.float64)[persons] * float(np.asarray(scale)[0]))
+            if len(batch_img) == batch_size:
+                flush()
+        if bar is not None:
+            bar.update(n + 1)
+    if batch_img:
+        flush()
+    if not ys:
+        raise ValueError(f"{coco.ann_file}: no readable images with annotated persons to build PRN pairs from")
+    return np.concatenate(xs), np.concatenate(ys)

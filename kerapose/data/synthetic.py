@@ -11,7 +11,11 @@ random pose of a small kinematic model (torso, head with eyes / ears / nose, two
 and legs with human-like joint ranges, random scale, roll and facing), drawn as thick limbs.
 Left limbs are drawn lighter and right limbs darker than the person's colour and the face
 points where the person faces, so left and right can be told apart and a horizontal flip must
-swap them, as on real people.
+swap them, as on real people. ``style="clothed"`` draws adult limb widths, shorts, bare forearms
+and shins, hands and shoes: elbows, knees, wrists and ankles become colour boundaries, as
+clothing makes them on real people, instead of points along a one-colour stick. That style and
+larger figures (``person_height``) are what the quickstart recipe trains on; the default stick
+style is the harder set.
 
 Labels come from the renderer, so they are exact:
 
@@ -54,9 +58,11 @@ __all__ = [
     "scene_rng",
     "generate_synthetic_coco",
     "SPLITS",
+    "STYLES",
 ]
 
 SPLITS = ("train", "val")
+STYLES = ("stick", "clothed")  # figure drawing styles (render_scene)
 _SPLIT_ID_OFFSET = {"train": 0, "val": 1_000_000}  # image / annotation ids unique across splits
 _MAX_IMAGES = 1_000_000
 _SHIFT = 4  # cv2 fixed-point bits: sub-pixel accurate drawing
@@ -117,7 +123,12 @@ def _unit(angle: float, sign: float) -> np.ndarray:
     return np.array([sign * math.sin(angle), math.cos(angle)])
 
 
-def _sample_figure(rng: np.random.Generator, height_px: float) -> _Figure:
+# Limb thickness as a fraction of body height: (arms, legs) per style. "clothed" uses adult
+# proportions (upper arm ~7 %, thigh ~9.5 % of stature); "stick" draws thinner limbs.
+_LIMB_WIDTH = {"stick": (0.055, 0.075), "clothed": (0.07, 0.095)}
+
+
+def _sample_figure(rng: np.random.Generator, height_px: float, style: str = "stick") -> _Figure:
     """A random pose, built in units of body height around the pelvis, then rolled and scaled."""
     u = rng.uniform
     # Facing: about half frontal, the rest three-quarter to profile, either way.
@@ -199,8 +210,8 @@ def _sample_figure(rng: np.random.Generator, height_px: float) -> _Figure:
         head_r=r * height_px,
         torso=tf(torso),
         neck=(tf(neck[0]), tf(neck[1])),
-        arm_t=max(2, int(round(0.055 * height_px))),
-        leg_t=max(2, int(round(0.075 * height_px))),
+        arm_t=max(2, int(round(_LIMB_WIDTH[style][0] * height_px))),
+        leg_t=max(2, int(round(_LIMB_WIDTH[style][1] * height_px))),
         far_side=far,
         facing=s,
     )
@@ -232,15 +243,26 @@ def _draw_figure(canvas: np.ndarray, fig: _Figure, colors: dict | None) -> None:
     def limb(a: int, b: int, t: int, name: str) -> None:
         cv2.line(canvas, _fx(fig.kp[a]), _fx(fig.kp[b]), col(name), t, aa, _SHIFT)
 
+    # "clothed" colours (see _figure_colors) give the lower segments their own colour and end
+    # them with a hand / shoe, so elbows, knees, wrists and ankles show as colour boundaries.
+    clothed = colors is not None and "forearm_left" in colors
+
+    def end(p: int, t: int, name: str) -> None:
+        cv2.circle(canvas, _fx(fig.kp[p]), int(round(0.5 * t * _ONE)), col(name), -1, aa, _SHIFT)
+
     def arm(side: str) -> None:
         s, e, w = (_LSH, _LEL, _LWR) if side == "left" else (_RSH, _REL, _RWR)
         limb(s, e, fig.arm_t, side)
-        limb(e, w, fig.arm_t, side)
+        limb(e, w, fig.arm_t, f"forearm_{side}" if clothed else side)
+        if clothed:
+            end(w, fig.arm_t, "hand")
 
     def leg(side: str) -> None:
         h, k, a = (_LHIP, _LKN, _LAN) if side == "left" else (_RHIP, _RKN, _RAN)
-        limb(h, k, fig.leg_t, side)
-        limb(k, a, fig.leg_t, side)
+        limb(h, k, fig.leg_t, f"thigh_{side}" if clothed else side)
+        limb(k, a, fig.leg_t, f"shin_{side}" if clothed else side)
+        if clothed:
+            end(a, fig.leg_t, "foot")
 
     near = "right" if fig.far_side == "left" else "left"
     arm(fig.far_side)
@@ -262,9 +284,12 @@ def _draw_figure(canvas: np.ndarray, fig: _Figure, colors: dict | None) -> None:
     arm(near)
 
 
-def _figure_colors(rng: np.random.Generator, avoid: np.ndarray) -> dict:
+def _figure_colors(rng: np.random.Generator, avoid: np.ndarray, style: str = "stick") -> dict:
     """Per-person colours: a saturated base far from ``avoid`` (the local background colour);
-    left limbs lighter and right limbs darker than the base, so sides are distinguishable."""
+    left limbs lighter and right limbs darker than the base, so sides are distinguishable.
+    ``style="clothed"`` adds a second garment colour for the thighs (shorts), bare skin for the
+    forearms and shins, hands and shoes (drawn after the stick colours' random draws, so the
+    stick style's images do not change)."""
     best, best_d = None, -1.0
     for _ in range(6):
         hsv = np.uint8([[[rng.integers(0, 180), rng.integers(110, 256), rng.integers(90, 256)]]])
@@ -275,7 +300,7 @@ def _figure_colors(rng: np.random.Generator, avoid: np.ndarray) -> dict:
     base = best
     skin = _SKIN[rng.integers(len(_SKIN))] * rng.uniform(0.85, 1.1)
     as_tuple = lambda c: tuple(float(v) for v in np.clip(c, 0, 255))  # noqa: E731
-    return {
+    colors = {
         "torso": as_tuple(base),
         "left": as_tuple(base + (255.0 - base) * 0.45),
         "right": as_tuple(base * 0.55),
@@ -284,6 +309,18 @@ def _figure_colors(rng: np.random.Generator, avoid: np.ndarray) -> dict:
         "eye": as_tuple(skin * 0.2),
         "nose": as_tuple(skin * np.array([0.35, 0.35, 0.9])),
     }
+    if style == "clothed":
+        hsv = np.uint8([[[rng.integers(0, 180), rng.integers(60, 256), rng.integers(40, 230)]]])
+        shorts = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float64)
+        colors.update({
+            "thigh_left": as_tuple(shorts + (255.0 - shorts) * 0.4), "thigh_right": as_tuple(shorts * 0.6),
+            "forearm_left": as_tuple(skin * 1.1), "forearm_right": as_tuple(skin * 0.75),
+            "shin_left": as_tuple(skin * 1.05), "shin_right": as_tuple(skin * 0.7),
+            "hand": as_tuple(skin * 0.9), "foot": as_tuple(rng.uniform(0, 80, 3)),
+        })
+    elif style != "stick":
+        raise ValueError(f"style: expected 'stick' or 'clothed', got {style!r}")
+    return colors
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -379,6 +416,8 @@ def render_scene(
     people: tuple[int, int] = (1, 4),
     crowd_rate: float = 0.05,
     unlabeled_rate: float = 0.05,
+    style: str = "stick",
+    person_height: tuple[float, float] = (0.4, 0.95),
 ) -> SyntheticScene:
     """Render one image: background, an optional crowd, an optional unlabelled person, then
     ``people`` labelled figures placed so that each keeps most of its keypoints visible.
@@ -390,8 +429,15 @@ def render_scene(
             placement leaves earlier people visible enough.
         crowd_rate: probability of an ``iscrowd`` region of small figures.
         unlabeled_rate: probability of a figure annotated without keypoints.
+        style: ``"stick"`` (thin limbs, one colour per side) or ``"clothed"`` (adult limb
+            widths; shorts, bare forearms and shins, hands and shoes, so the joints between
+            segments are colour boundaries).
+        person_height: range of the labelled figures' heights, as fractions of the image height.
     """
     (h, w), (lo, hi) = _check_scene_args(image_size, people)
+    if style not in STYLES:
+        raise ValueError(f"style: expected one of {STYLES}, got {style!r}")
+    h_lo, h_hi = _check_person_height(person_height)
     for name, r in (("crowd_rate", crowd_rate), ("unlabeled_rate", unlabeled_rate)):
         if not 0.0 <= float(r) <= 1.0:
             raise ValueError(f"{name}: expected a probability in [0, 1], got {r!r}")
@@ -405,20 +451,21 @@ def render_scene(
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
         crowd_mask = np.zeros((h, w), bool)
         for _ in range(int(rng.integers(5, 11))):
-            fig = _sample_figure(rng, rng.uniform(0.12, 0.22) * h)
+            fig = _sample_figure(rng, rng.uniform(0.12, 0.22) * h, style)
             centre = fig.kp.mean(0)
             fig = _translated(fig, np.array([rng.uniform(x0, x0 + bw), rng.uniform(y0, y0 + bh)]) - centre)
-            _draw_figure(image, fig, _figure_colors(rng, image[int(y0 + bh / 2), int(x0 + bw / 2)].astype(float)))
+            local = image[int(y0 + bh / 2), int(x0 + bw / 2)].astype(float)
+            _draw_figure(image, fig, _figure_colors(rng, local, style))
             crowd_mask |= _figure_mask(fig, h, w)
 
     if rng.uniform() < unlabeled_rate:
-        fig = _place(rng, _sample_figure(rng, rng.uniform(0.2, 0.4) * h), h, w, margin=0.0)
+        fig = _place(rng, _sample_figure(rng, rng.uniform(0.2, 0.4) * h, style), h, w, margin=0.0)
         occupied.append((fig, _figure_mask(fig, h, w), False))
 
     target = int(rng.integers(lo, hi + 1))
     for _ in range(target):
         for _attempt in range(25):
-            fig = _place(rng, _sample_figure(rng, rng.uniform(0.4, 0.95) * h), h, w, margin=0.12)
+            fig = _place(rng, _sample_figure(rng, rng.uniform(h_lo, h_hi) * h, style), h, w, margin=0.12)
             inside = _in_image(fig.kp, h, w)
             if inside.sum() < 10:
                 continue
@@ -431,7 +478,7 @@ def render_scene(
     for fig, mask, _ in occupied:
         ys, xs = np.nonzero(mask)
         avoid = image[ys, xs].mean(0) if len(ys) else np.full(3, 127.0)
-        _draw_figure(image, fig, _figure_colors(rng, avoid))
+        _draw_figure(image, fig, _figure_colors(rng, avoid, style))
     if rng.uniform() < 0.3:
         image = cv2.GaussianBlur(image, (3, 3), 0)
     noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0, 5))
@@ -614,6 +661,17 @@ def _check_scene_args(image_size, people) -> tuple[tuple[int, int], tuple[int, i
     return (hh, ww), (lo, hi)
 
 
+def _check_person_height(person_height) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in person_height)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"person_height: expected (min, max) fractions of the image height, got {person_height!r}") from None
+    if not 0.05 <= lo <= hi <= 1.5:
+        raise ValueError(f"person_height: expected 0.05 <= min <= max <= 1.5, got {person_height!r}")
+    return lo, hi
+
+
 def _is_nonempty_dir(path: str) -> bool:
     return os.path.isdir(path) and bool(os.listdir(path))
 
@@ -634,6 +692,8 @@ def generate_synthetic_coco(
     unlabeled_rate: float = 0.05,
     segmentation: str = "auto",
     jpeg_quality: int = 95,
+    style: str = "stick",
+    person_height: tuple[float, float] = (0.4, 0.95),
 ) -> dict:
     """Write a synthetic COCO-layout person-keypoint dataset (splits ``train`` and ``val``).
 
@@ -652,6 +712,8 @@ def generate_synthetic_coco(
         segmentation: ``"auto"`` (polygons where they are exact, RLE for masks with holes),
             ``"polygon"`` (always polygons; holes filled) or ``"rle"`` (always exact RLE).
         jpeg_quality: JPEG quality of the written images.
+        style: figure drawing style, ``"stick"`` or ``"clothed"`` (see :func:`render_scene`).
+        person_height: range of the labelled figures' heights as fractions of the image height.
 
     Returns:
         summary: ``root``, ``image_size``, ``seed``, ``keypoint_set``, ``seconds``,
@@ -660,6 +722,9 @@ def generate_synthetic_coco(
         ``unlabeled_people``, ``crowd_regions``, ``labelled_keypoints``, ``occluded_keypoints``.
     """
     size, people = _check_args(num_train, num_val, image_size, people, seed, crowd_rate, unlabeled_rate, jpeg_quality)
+    if style not in STYLES:
+        raise ValueError(f"style: expected one of {STYLES}, got {style!r}")
+    person_height = _check_person_height(person_height)
     if segmentation not in ("auto", "polygon", "rle"):
         raise ValueError(f"segmentation: expected 'auto', 'polygon' or 'rle', got {segmentation!r}")
     kset = get_keypoint_set(keypoint_set)
@@ -679,9 +744,10 @@ def generate_synthetic_coco(
     try:
         splits = {}
         for split, count in (("train", num_train), ("val", num_val)):
+            scene_kw = dict(people=people, crowd_rate=float(crowd_rate), unlabeled_rate=float(unlabeled_rate),
+                            style=style, person_height=person_height)
             splits[split] = _write_split(
-                tmp, split, count, size, people, int(seed), kset, columns,
-                float(crowd_rate), float(unlabeled_rate), segmentation, int(jpeg_quality), progress,
+                tmp, split, count, size, int(seed), kset, columns, scene_kw, segmentation, int(jpeg_quality), progress,
             )
         _swap_into_place(tmp, root, overwrite)
     except BaseException:
@@ -703,9 +769,7 @@ def generate_synthetic_coco(
     }
 
 
-def _write_split(
-    tmp, split, count, size, people, seed, kset, columns, crowd_rate, unlabeled_rate, seg_style, quality, progress
-):
+def _write_split(tmp, split, count, size, seed, kset, columns, scene_kw: dict, seg_style, quality, progress):
     h, w = size
     os.makedirs(os.path.join(tmp, split))
     os.makedirs(os.path.join(tmp, "annotations"), exist_ok=True)
@@ -715,7 +779,7 @@ def _write_split(
     step = max(1, count // 10)
     t0 = time.perf_counter()
     for i in range(count):
-        scene = render_scene(scene_rng(seed, split, i), size, people, crowd_rate, unlabeled_rate)
+        scene = render_scene(scene_rng(seed, split, i), size, **scene_kw)
         image_id = offset + i + 1
         file_name = f"{image_id:012d}.jpg"
         path = os.path.join(tmp, split, file_name)

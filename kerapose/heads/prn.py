@@ -32,13 +32,22 @@ def pose_residual_network(
     input_hw: tuple[int, int] = PRN_INPUT_HW,
     hidden: int = 1024,
     dropout: float = 0.5,
+    residual_scale: float = 1.0,
     name: str = "prn",
 ) -> keras.Model:
     """RoI of the keypoint heatmaps [B, 56, 36, K] -> per-channel spatial distributions, same shape.
 
-    Flatten -> Dense(hidden, relu) -> Dropout -> Dense(56*36*K) -> + flattened input (the
-    residual) -> reshape -> softmax over the 56 x 36 cells of each channel.
+    Flatten -> Dense(hidden, relu) -> Dropout -> Dense(56*36*K) -> + ``residual_scale`` x the
+    flattened input (the residual) -> reshape -> softmax over the 56 x 36 cells of each channel.
+
+    ``residual_scale`` 1 is the paper's network. Heatmaps lie in [0, 1], so there the residual
+    adds logits of at most 1 to a softmax over 2016 cells, next to nothing: the dense layers
+    must learn every position themselves, from few pairs and without translation equivariance.
+    A larger scale (e.g. 10) makes the residual alone a peaked distribution at the heatmap's
+    maximum (the untrained "Max" assignment), which the dense layers then correct.
     """
+    if not (isinstance(residual_scale, (int, float)) and residual_scale > 0):
+        raise ValueError(f"residual_scale: expected a number > 0, got {residual_scale!r}")
     h, w = input_hw
     size = h * w * num_keypoints
     inp = keras.Input(shape=(h, w, num_keypoints), name="prn_input")
@@ -46,7 +55,10 @@ def pose_residual_network(
     x = layers.Dense(hidden, activation="relu", name=f"{name}_fc1")(flat)
     x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
     x = layers.Dense(size, name=f"{name}_fc2")(x)
-    x = layers.Add(name=f"{name}_residual")([x, flat])
+    residual = flat
+    if residual_scale != 1:  # the paper's graph stays as it was
+        residual = layers.Rescaling(float(residual_scale), name=f"{name}_residual_scale")(flat)
+    x = layers.Add(name=f"{name}_residual")([x, residual])
     x = layers.Reshape((h, w, num_keypoints), name=f"{name}_reshape")(x)
     out = SpatialSoftmax(name=f"{name}_softmax", dtype="float32")(x)  # float32 under mixed precision
     return keras.Model(inp, out, name=name)

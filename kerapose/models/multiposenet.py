@@ -46,6 +46,8 @@ class MultiPoseNet(keras.Model):
         keypoint_head_size, keypoint_fuse_size: widths of the keypoint subnet (paper: 128, 512).
         person_head_size: width of the RetinaNet subnets' convs (paper: the FPN width).
         prn_hidden: hidden width of the PRN.
+        prn_residual_scale: weight of the PRN's residual (its input heatmaps) in its logits;
+            1 is the paper's (see :func:`kerapose.heads.prn.pose_residual_network`).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class MultiPoseNet(keras.Model):
         keypoint_head_size: int = 128,
         keypoint_fuse_size: int = 512,
         prn_hidden: int = 1024,
+        prn_residual_scale: float = 1.0,
         name: str = "multiposenet",
         **kwargs,
     ):
@@ -105,8 +108,10 @@ class MultiPoseNet(keras.Model):
         self.keypoint_head_size = keypoint_head_size
         self.keypoint_fuse_size = keypoint_fuse_size
         self.prn_hidden = prn_hidden
+        self.prn_residual_scale = float(prn_residual_scale)
         self.backbone = bb
-        self.prn = pose_residual_network(k, PRN_INPUT_HW, hidden=prn_hidden, name="prn")
+        self.prn = pose_residual_network(k, PRN_INPUT_HW, hidden=prn_hidden,
+                                         residual_scale=self.prn_residual_scale, name="prn")
         self.freeze_backbone(freeze_backbone)
 
     @property
@@ -139,15 +144,17 @@ class MultiPoseNet(keras.Model):
                                        flip_test=flip_test, scales=scales)
 
     def predict_poses(self, images, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
-                      score_threshold: float = 0.3, iou_threshold: float = 0.5) -> list[dict]:
+                      score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                      flip_test: bool = False) -> list[dict]:
         """Poses for a list of RGB uint8 images ([H, W, 3], any sizes).
 
         Returns one dict per image: ``keypoints`` [N, K, 3] (x, y, score), ``scores`` [N] and
-        ``boxes`` [N, 4] in that image's pixels (N = detected people, unpadded).
+        ``boxes`` [N, 4] in that image's pixels (N = detected people, unpadded). ``flip_test``
+        averages the heatmaps with those of the mirrored image (left/right channels swapped).
         """
         from kerapose.models._poses import predict_with_graph
 
-        key = (tuple(input_size), max_people, score_threshold, iou_threshold)
+        key = (tuple(input_size), max_people, score_threshold, iou_threshold, bool(flip_test))
 
         return predict_with_graph(self.__dict__.setdefault("_end_to_end_cache", {}), key,
                                   lambda: self.end_to_end(*key), images)
@@ -166,6 +173,7 @@ class MultiPoseNet(keras.Model):
             "keypoint_head_size": self.keypoint_head_size,
             "keypoint_fuse_size": self.keypoint_fuse_size,
             "prn_hidden": self.prn_hidden,
+            "prn_residual_scale": self.prn_residual_scale,
             "name": self.name,
         }
 
