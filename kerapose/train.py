@@ -27,7 +27,8 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
-__all__ = ["load_config", "get_strategy", "train", "fit_stage", "evaluate_model", "precision_policy", "STAGES"]
+__all__ = ["load_config", "check_keys", "get_strategy", "train", "fit_stage", "evaluate_model", "precision_policy",
+           "STAGES"]
 
 STAGES = ("keypoints", "persons", "prn")
 # keys a MultiPoseNet stage accepts (a misspelt key is an error, not a silently ignored option)
@@ -79,6 +80,16 @@ def precision_policy(value) -> str | None:
             f"mixed_precision: expected false, 'float32', true, 'float16' or 'bfloat16', got {value!r}") from None
 
 
+def check_keys(path: str, where: str, given, accepted) -> None:
+    """A recipe section's keys (both trainers): unknown ones are an error that lists the accepted."""
+    extra = set(given) - set(accepted)
+    if extra:
+        raise ValueError(f"{path}: {where} has unknown keys {sorted(extra)}; accepted: {sorted(accepted)}")
+
+
+_EVALUATE_KEYS = ("max_people", "score_threshold", "flip_test")
+
+
 def load_config(path: str, overrides: dict | None = None) -> dict:
     """Read a YAML recipe, fill defaults, apply CLI overrides, and check it."""
     if not os.path.isfile(path):
@@ -111,13 +122,11 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: stages[{i}] must be a mapping, got {type(st).__name__}")
         if st.get("name") not in STAGES:
             raise ValueError(f"{path}: stages[{i}].name is {st.get('name')!r}; accepted: {', '.join(STAGES)}")
-        extra = set(st) - set(STAGE_KEYS)
-        if extra:
-            raise ValueError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}; accepted: {sorted(STAGE_KEYS)}")
-        if st.get("inputs", "annotations") not in ("annotations", "network") or (
-                "inputs" in st and st["name"] != "prn"):
+        check_keys(path, f"stages[{i}]", st, STAGE_KEYS)
+        inputs = st.get("inputs", "annotations")
+        if inputs not in ("annotations", "network") or ("inputs" in st and st["name"] != "prn"):
             raise ValueError(f"{path}: stages[{i}].inputs is a prn-stage option: annotations or network, "
-                             f"got {st.get('inputs')!r} on a {st['name']} stage")
+                             f"got {inputs!r} on a {st['name']} stage")
         if int(st.get("epochs", 0)) < 1:
             raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
         if st.get("schedule", "plateau") not in ("plateau", "cosine"):
@@ -126,13 +135,8 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: stages[{i}].intermediate_weight must be >= 0")
     if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
-    extra = set(cfg["evaluate"]) - {"max_people", "score_threshold", "flip_test"}
-    if extra:
-        raise ValueError(f"{path}: evaluate has unknown keys {sorted(extra)}; "
-                         "accepted: ['flip_test', 'max_people', 'score_threshold']")
-    extra = set(cfg["targets"]) - {"sigma"}
-    if extra:
-        raise ValueError(f"{path}: targets has unknown keys {sorted(extra)}; accepted: ['sigma']")
+    check_keys(path, "evaluate", cfg["evaluate"], _EVALUATE_KEYS)
+    check_keys(path, "targets", cfg["targets"], _DEFAULTS["targets"])
     if not float(cfg["targets"]["sigma"]) > 0:
         raise ValueError(f"{path}: targets.sigma must be > 0 (output cells), got {cfg['targets']['sigma']!r}")
     try:
@@ -415,7 +419,7 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 person = name == "persons"
                 targets = MultiPoseNetTargets(config["model"]["keypoint_set"], size, person_targets=person,
                                               heatmap_targets=not person,
-                                              sigma=float(config.get("targets", {}).get("sigma", 2.0)))
+                                              sigma=float(config.get("targets", _DEFAULTS["targets"])["sigma"]))
                 sub = model.person_model if person else model.keypoint_model
                 keys = list(targets.output_shapes)
                 if person:

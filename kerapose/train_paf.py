@@ -52,6 +52,7 @@ from kerapose.train import (
     _prepare_data,
     _worker_position,
     apply_overrides,
+    check_keys,
     fit_stage,
     get_strategy,
     precision_policy,
@@ -184,9 +185,7 @@ def load_paf_config(path: str, overrides: dict | None = None) -> dict:
         if not isinstance(st, dict) or st.get("name") not in PAF_STAGES:
             got = st.get("name") if isinstance(st, dict) else st
             raise ValueError(f"{path}: stages[{i}].name is {got!r}; accepted: {', '.join(PAF_STAGES)}")
-        extra = set(st) - _STAGE_KEYS
-        if extra:
-            raise ValueError(f"{path}: stages[{i}] has unknown keys {sorted(extra)}; accepted: {sorted(_STAGE_KEYS)}")
+        check_keys(path, f"stages[{i}]", st, _STAGE_KEYS)
         if int(st.get("epochs", 0)) < 1:
             raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
         if st.get("lr_decay") is not None and set(st["lr_decay"]) != {"factor", "every_steps"}:
@@ -199,9 +198,7 @@ def load_paf_config(path: str, overrides: dict | None = None) -> dict:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
     # Fail now, not after hours of training, on a misspelt evaluation / target / augment key.
     for section, accepted in (("evaluate", _EVALUATE_KEYS), ("targets", {"sigma", "limb_width"})):
-        extra = set(cfg[section]) - accepted
-        if extra:
-            raise ValueError(f"{path}: {section} has unknown keys {sorted(extra)}; accepted: {sorted(accepted)}")
+        check_keys(path, section, cfg[section], accepted)
     from kerapose.data.augment import AugmentConfig
 
     try:

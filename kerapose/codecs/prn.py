@@ -227,13 +227,15 @@ class PRNCodec:
             out[c] = np.maximum(out[c], gy[:, :, None] * gx[:, None, :])
         return out.transpose(1, 2, 0).astype(np.float32)
 
-    def training_pair(self, record, person_index: int) -> tuple[np.ndarray, np.ndarray]:
+    def training_pair(self, record, person_index: int,
+                      render_input: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
         """One person's ``(input [ch, cw, K], target [ch, cw, K])`` float32.
 
         Input: every non-crowd person's labelled (v > 0) keypoints that fall inside the
         owner's enlarged box, as Gaussians (``input_sigma``), max over persons. Target: the
         owner's labelled keypoints (clipped into the grid), one-hot or normalised Gaussians;
-        channels the owner has not labelled are all zero.
+        channels the owner has not labelled are all zero. ``render_input=False`` skips the
+        input (returned as None) for callers that bring their own (:meth:`training_targets`).
         """
         n = len(record.keypoints)
         if not -n <= int(person_index) < n:
@@ -252,7 +254,7 @@ class PRNCodec:
         with np.errstate(invalid="ignore"):
             inside = (grid[..., 0] >= 0) & (grid[..., 0] <= cw - 1) & (grid[..., 1] >= 0) & (grid[..., 1] <= ch - 1)
             valid = (kp[..., 2] > 0) & np.isfinite(grid).all(-1) & inside & ~crowd[:, None]
-        net_input = self._render(grid, valid, self.input_sigma)
+        net_input = self._render(grid, valid, self.input_sigma) if render_input else None
 
         # Target: the owner's keypoints only.
         own = grid[i]
@@ -283,6 +285,14 @@ class PRNCodec:
             return empty, empty.copy(), persons
         pairs = [self.training_pair(record, int(i)) for i in persons]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), persons
+
+    def training_targets(self, record) -> tuple[np.ndarray, np.ndarray]:
+        """The targets of :meth:`training_pairs` without rendering the inputs:
+        ``(targets [M, ch, cw, K], person_indices [M])``."""
+        persons = _persons_with_keypoints(record)
+        if persons.size == 0:
+            return np.zeros((0, *self.input_hw, self.num_channels), np.float32), persons
+        return np.stack([self.training_pair(record, int(i), render_input=False)[1] for i in persons]), persons
 
     # ------------------------------------------------------------------ decoding
     def decode(self, prn_output: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -431,6 +441,6 @@ def ideal_keypoints(codec: PRNCodec, record) -> tuple[np.ndarray, np.ndarray]:
     Bounds the codec's own loss (crop-grid quantisation, clipping to the enlarged box).
     Returns ``(keypoints [M, K, 3], scores [M])`` for the persons of :meth:`PRNCodec.training_pairs`.
     """
-    _, targets, persons = codec.training_pairs(record)
+    targets, persons = codec.training_targets(record)
     kp = codec.decode(targets, np.asarray(record.boxes)[persons])
     return kp, pose_scores(kp)

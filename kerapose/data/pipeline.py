@@ -322,7 +322,7 @@ def network_prn_pairs(
     Each image is letterboxed to ``input_size`` as at inference, run through ``keypoint_model``
     (a model with a ``heatmaps`` output of at least K channels at ``stride``), and the heatmaps
     are cropped at every annotated person's ground-truth box; targets are those of
-    :meth:`PRNCodec.training_pairs`. The PRN then learns to clean up the heatmaps the network
+    :meth:`PRNCodec.training_targets`. The PRN then learns to clean up the heatmaps the network
     really produces, which differ from rendered Gaussians (weaker, wider, with spurious peaks)
     while the network is far from converged. Unreadable images are skipped and counted.
     """
@@ -348,7 +348,7 @@ def network_prn_pairs(
         batch_boxes.clear()
 
     for n, rec in enumerate(records):
-        _, target, persons = codec.training_pairs(rec)
+        target, persons = codec.training_targets(rec)
         if len(persons):
             try:
                 image = read_image(rec.path)

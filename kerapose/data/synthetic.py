@@ -318,8 +318,6 @@ def _figure_colors(rng: np.random.Generator, avoid: np.ndarray, style: str = "st
             "shin_left": as_tuple(skin * 1.05), "shin_right": as_tuple(skin * 0.7),
             "hand": as_tuple(skin * 0.9), "foot": as_tuple(rng.uniform(0, 80, 3)),
         })
-    elif style != "stick":
-        raise ValueError(f"style: expected 'stick' or 'clothed', got {style!r}")
     return colors
 
 
