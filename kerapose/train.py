@@ -34,7 +34,7 @@ STAGES = ("keypoints", "persons", "prn")
 # keys a MultiPoseNet stage accepts (a misspelt key is an error, not a silently ignored option)
 STAGE_KEYS = ("name", "epochs", "steps_per_epoch", "batch_size", "optimizer", "learning_rate", "momentum",
               "weight_decay", "schedule", "plateau_factor", "plateau_patience", "freeze_backbone",
-              "intermediate_weight", "inputs")
+              "intermediate_weight", "inputs", "warmup_steps")
 _DEFAULTS: dict[str, Any] = {
     "model": {"name": "multiposenet", "backbone": "resnet50", "keypoint_set": "coco17", "input_size": [480, 480]},
     "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None, "image_ids": None},
@@ -133,6 +133,10 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
             raise ValueError(f"{path}: stages[{i}].schedule is {st['schedule']!r}; accepted: plateau, cosine")
         if not float(st.get("intermediate_weight", 1.0)) >= 0:
             raise ValueError(f"{path}: stages[{i}].intermediate_weight must be >= 0")
+        try:
+            _warmup_steps(st)
+        except ValueError as e:
+            raise ValueError(f"{path}: stages[{i}].{e}") from None
     if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
     check_keys(path, "evaluate", cfg["evaluate"], _EVALUATE_KEYS)
@@ -292,15 +296,33 @@ def _build_model(cfg: dict):
     return MultiPoseNet(input_shape=(*size, 3), **m), size
 
 
+def _warmup_steps(stage: dict) -> int:
+    warmup = stage.get("warmup_steps", 0)
+    if not (isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0):
+        raise ValueError(f"warmup_steps: expected an integer >= 0, got {warmup!r}")
+    if warmup and stage.get("schedule", "plateau") != "cosine":
+        raise ValueError(f"warmup_steps needs schedule: cosine, got schedule: {stage.get('schedule', 'plateau')}")
+    return warmup
+
+
 def _optimizer(stage: dict, total_steps: int | None = None) -> keras.optimizers.Optimizer:
     """The stage's optimizer. ``schedule: cosine`` decays the rate to 1 % over the stage's
-    ``total_steps`` (then ReduceLROnPlateau is not used); the default is a constant rate that
-    ReduceLROnPlateau divides on plateaux (the paper's schedule)."""
+    ``total_steps`` (then ReduceLROnPlateau is not used), after a linear ramp from 1 % over its
+    first ``warmup_steps``; the default is a constant rate that ReduceLROnPlateau divides on
+    plateaux (the paper's schedule)."""
     name = stage.get("optimizer", "adam")
     lr = float(stage.get("learning_rate", 1e-4))
     schedule = stage.get("schedule", "plateau")
+    warmup = _warmup_steps(stage)
     if schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, int(total_steps or 1)), alpha=0.01)
+        total = max(1, int(total_steps or 1))
+        if warmup >= total:
+            raise ValueError(f"warmup_steps ({warmup}) must be below the stage's {total} steps")
+        if warmup:
+            lr = keras.optimizers.schedules.CosineDecay(0.01 * lr, decay_steps=total - warmup, alpha=0.01,
+                                                        warmup_target=lr, warmup_steps=warmup)
+        else:
+            lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=total, alpha=0.01)
     elif schedule != "plateau":
         raise ValueError(f"unknown schedule {schedule!r}; accepted: plateau, cosine")
     if name == "adam":

@@ -59,6 +59,23 @@ def test_deterministic_and_seeded(syn_root):
     assert np.abs(first(1) - first(2)).max() > 0
 
 
+def test_evaluation_pipelines_run_without_autotuning(syn_root):
+    # Keras rebuilds the validation iterator every epoch; deleting one that tf.data autotunes
+    # waits for the autotuning thread (stalls of 24-28 s per epoch measured in the quickstart).
+    ds = CocoKeypoints(str(syn_root), "val")
+    targets = MultiPoseNetTargets("coco17", SIZE, person_targets=False)
+    val = keypoint_dataset(ds, targets, _cfg(), batch_size=3, shuffle=False, repeat=False)
+    assert val.options().autotune.enabled is False
+    assert sum(int(b[0].shape[0]) for b in val) == len(ds.image_ids)  # every image once, last batch kept
+    train = keypoint_dataset(ds, targets, _cfg(), batch_size=3)
+    assert train.options().autotune.enabled is not False
+    codec = PRNCodec("coco17")
+    prn_val, n = prn_dataset(ds, codec, batch_size=4, shuffle=False, flip=False, repeat=False)
+    assert prn_val.options().autotune.enabled is False
+    assert sum(int(b[0].shape[0]) for b in prn_val) == n
+    assert prn_dataset(ds, codec, batch_size=4)[0].options().autotune.enabled is not False
+
+
 def test_shards_partition_the_images(syn_root):
     ds = CocoKeypoints(str(syn_root), "train")
     targets = MultiPoseNetTargets("coco17", SIZE, person_targets=False)

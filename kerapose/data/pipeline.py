@@ -9,6 +9,7 @@ number of parallel calls. Unreadable images and malformed annotations are skippe
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -238,7 +239,8 @@ def keypoint_dataset(
             t.set_shape(shapes[n])
         return ok, image, dict(zip(names, ts))
 
-    ds = ds.map(py_map, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE, deterministic=deterministic)
+    parallel = num_parallel_calls or (tf.data.AUTOTUNE if repeat else _EVAL_PARALLELISM)
+    ds = ds.map(py_map, num_parallel_calls=parallel, deterministic=deterministic)
     def is_ok(ok, image, t):
         return ok
 
@@ -249,10 +251,25 @@ def keypoint_dataset(
     ds = ds.batch(batch_size, drop_remainder=repeat)
     options = tf.data.Options()
     options.deterministic = deterministic
+    if not repeat:
+        # A finite (evaluation) pipeline is rebuilt every epoch, and deleting an iterator waits
+        # for tf.data's autotuning thread to wake: 24-28 s stalls after half of the quickstart's
+        # epochs. It gets fixed parallelism instead (see _eval_options).
+        options = options.merge(_eval_options())
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if shard is not None else tf.data.experimental.AutoShardPolicy.DATA
     )
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE if repeat else 2)
+
+
+# Map parallelism of finite (evaluation) pipelines, which run without autotuning.
+_EVAL_PARALLELISM = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def _eval_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 def _empty(h: int, w: int, shapes: dict):
@@ -289,7 +306,8 @@ def prn_dataset(
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n
+        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n
+    return ds.batch(batch_size).prefetch(2).with_options(_eval_options()), n
 
 
 def annotation_prn_pairs(coco: CocoKeypoints, codec: PRNCodec) -> tuple[np.ndarray, np.ndarray]:

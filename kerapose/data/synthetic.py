@@ -10,12 +10,14 @@ Each image shows several articulated stick figures on a textured background. A f
 random pose of a small kinematic model (torso, head with eyes / ears / nose, two-segment arms
 and legs with human-like joint ranges, random scale, roll and facing), drawn as thick limbs.
 Left limbs are drawn lighter and right limbs darker than the person's colour and the face
-points where the person faces, so left and right can be told apart and a horizontal flip must
-swap them, as on real people. ``style="clothed"`` draws adult limb widths, shorts, bare forearms
-and shins, hands and shoes: elbows, knees, wrists and ankles become colour boundaries, as
-clothing makes them on real people, instead of points along a one-colour stick. That style and
-larger figures (``person_height``) are what the quickstart recipe trains on; the default stick
-style is the harder set.
+points where the person faces, so left and right can be told apart. The colour code is a
+convention of this generator: a mirrored image (left/right labels swapped) shows a figure
+whose lighter limbs are its right ones, which no generated image does, so flip augmentation
+takes that cue away (the quickstart recipe trains without flips). ``style="clothed"`` draws
+adult limb widths, shorts, bare forearms and shins, hands and shoes: elbows, knees, wrists and
+ankles become colour boundaries, as clothing makes them on real people, instead of points along
+a one-colour stick. That style and larger figures (``person_height``) are what the quickstart
+recipe trains on; the default stick style is the harder set.
 
 Labels come from the renderer, so they are exact:
 
