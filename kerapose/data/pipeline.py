@@ -251,25 +251,25 @@ def keypoint_dataset(
     ds = ds.batch(batch_size, drop_remainder=repeat)
     options = tf.data.Options()
     options.deterministic = deterministic
-    if not repeat:
-        # A finite (evaluation) pipeline is rebuilt every epoch, and deleting an iterator waits
-        # for tf.data's autotuning thread to wake: 24-28 s stalls after half of the quickstart's
-        # epochs. It gets fixed parallelism instead (see _eval_options).
-        options = options.merge(_eval_options())
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF if shard is not None else tf.data.experimental.AutoShardPolicy.DATA
     )
-    return ds.with_options(options).prefetch(tf.data.AUTOTUNE if repeat else 2)
+    return _prefetched(ds.with_options(options), repeat)
 
 
 # Map parallelism of finite (evaluation) pipelines, which run without autotuning.
 _EVAL_PARALLELISM = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def _eval_options() -> tf.data.Options:
+def _prefetched(ds: tf.data.Dataset, repeat: bool) -> tf.data.Dataset:
+    """The last step of both pipelines. A finite (evaluation) one is rebuilt every epoch, and
+    deleting an iterator waits for tf.data's autotuning thread to wake (24-28 s stalls after
+    half of the quickstart's epochs), so it runs with autotuning off and a fixed prefetch."""
+    if repeat:
+        return ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.autotune.enabled = False
-    return options
+    return ds.prefetch(2).with_options(options)
 
 
 def _empty(h: int, w: int, shapes: dict):
@@ -306,8 +306,7 @@ def prn_dataset(
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), n
-    return ds.batch(batch_size).prefetch(2).with_options(_eval_options()), n
+    return _prefetched(ds.batch(batch_size), repeat), n
 
 
 def annotation_prn_pairs(coco: CocoKeypoints, codec: PRNCodec) -> tuple[np.ndarray, np.ndarray]:
