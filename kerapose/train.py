@@ -17,6 +17,7 @@ in ``OUTPUT/progress.json`` and skipped.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import time
@@ -195,6 +196,21 @@ def get_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; accepted: default, mirrored, multi-worker")
 
 
+def restores_dtype_policy(run):
+    """Decorator of the trainers: the global dtype policy that a recipe's ``mixed_precision``
+    sets lasts for the run only, so models the caller builds afterwards are float32 again."""
+
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        previous = keras.mixed_precision.global_policy()
+        try:
+            return run(*args, **kwargs)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+
+    return wrapper
+
+
 def _is_chief() -> bool:
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
     task = tf_config.get("task", {})
@@ -365,6 +381,7 @@ def fit_stage(sub: keras.Model, model: keras.Model, train_ds, val_ds, *, epochs:
     return record
 
 
+@restores_dtype_policy
 def train(config: dict, output: str, strategy: str = "default", verbose: int = 1,
           extra_callbacks: list | None = None) -> dict:
     """Run every stage of ``config`` (see module docstring); returns the final metrics.

@@ -56,6 +56,7 @@ from kerapose.train import (
     fit_stage,
     get_strategy,
     precision_policy,
+    restores_dtype_policy,
 )
 
 __all__ = [
@@ -225,6 +226,7 @@ def build_paf_model(model_config: dict) -> keras.Model:
 # ------------------------------------------------------------------------------ training
 
 
+@restores_dtype_policy
 def train_paf(config: dict, output: str, strategy: str = "default", verbose: int = 1,
               extra_callbacks: list | None = None) -> dict:
     """Train a PAF-family model with every stage of ``config`` (see module docstring) and

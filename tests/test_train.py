@@ -137,6 +137,9 @@ def test_sigkilled_training_resumes_and_finishes_the_planned_steps(tmp_path):
     # a third run finds every stage done and only evaluates
     again = train(load_config(recipe, {"epochs": 3}), str(out), verbose=0)
     assert again["history"] == {} and again["AP"] == metrics["AP"]
+    # a bfloat16 run's global dtype policy does not outlive it
+    train(load_config(recipe, {"epochs": 3, "mixed_precision": "bfloat16"}), str(out), verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
