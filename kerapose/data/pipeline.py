@@ -143,6 +143,10 @@ def _sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch), int(index)])
 
 
+# Map parallelism of finite (evaluation) pipelines, which run without autotuning.
+_EVAL_PARALLELISM = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def keypoint_dataset(
     coco: CocoKeypoints,
     targets: MultiPoseNetTargets,
@@ -255,10 +259,6 @@ def keypoint_dataset(
         tf.data.experimental.AutoShardPolicy.OFF if shard is not None else tf.data.experimental.AutoShardPolicy.DATA
     )
     return _prefetched(ds.with_options(options), repeat)
-
-
-# Map parallelism of finite (evaluation) pipelines, which run without autotuning.
-_EVAL_PARALLELISM = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _prefetched(ds: tf.data.Dataset, repeat: bool) -> tf.data.Dataset:
