@@ -6,7 +6,8 @@ Stages (each a ``model.fit`` with its own optimizer):
    the final and every intermediate output), Adam, learning rate divided by 10 on plateaux.
 2. ``persons``: the RetinaNet person subnet with the backbone frozen (focal loss + smooth L1).
 3. ``prn``: the Pose Residual Network on annotation-derived pairs (binary cross-entropy), or
-   (``inputs: network``) on crops of the trained keypoint subnet's own heatmaps.
+   (``inputs: network``) on crops of the trained keypoint subnet's own heatmaps, at the
+   ground-truth boxes or (``boxes: detections``) at the person subnet's matching detections.
 
 Every stage writes ``OUTPUT/STAGE/{last,best}.keras`` (the whole MultiPoseNet, written
 atomically), CSV and TensorBoard logs, and uses ``BackupAndRestore`` so that a killed run,
@@ -35,7 +36,7 @@ STAGES = ("keypoints", "persons", "prn")
 # keys a MultiPoseNet stage accepts (a misspelt key is an error, not a silently ignored option)
 STAGE_KEYS = ("name", "epochs", "steps_per_epoch", "batch_size", "optimizer", "learning_rate", "momentum",
               "weight_decay", "schedule", "plateau_factor", "plateau_patience", "freeze_backbone",
-              "intermediate_weight", "inputs", "warmup_steps")
+              "intermediate_weight", "inputs", "boxes", "warmup_steps")
 _DEFAULTS: dict[str, Any] = {
     "model": {"name": "multiposenet", "backbone": "resnet50", "keypoint_set": "coco17", "input_size": [480, 480]},
     "data": {"root": None, "train_split": "train2017", "val_split": "val2017", "synthetic": None, "image_ids": None},
@@ -88,7 +89,7 @@ def check_keys(path: str, where: str, given, accepted) -> None:
         raise ValueError(f"{path}: {where} has unknown keys {sorted(extra)}; accepted: {sorted(accepted)}")
 
 
-_EVALUATE_KEYS = ("max_people", "score_threshold", "flip_test")
+_EVALUATE_KEYS = ("max_people", "score_threshold", "flip_test", "pose_score")
 
 
 def load_config(path: str, overrides: dict | None = None) -> dict:
@@ -116,6 +117,8 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
         else:
             cfg[key] = value
     apply_overrides(cfg, overrides)
+    from kerapose.data.pipeline import PRN_PAIR_BOXES
+
     if not cfg["stages"]:
         raise ValueError(f"{path}: no training stages")
     for i, st in enumerate(cfg["stages"]):
@@ -128,6 +131,10 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
         if inputs not in ("annotations", "network") or ("inputs" in st and st["name"] != "prn"):
             raise ValueError(f"{path}: stages[{i}].inputs is a prn-stage option: annotations or network, "
                              f"got {inputs!r} on a {st['name']} stage")
+        boxes = st.get("boxes", "annotations")
+        if boxes not in PRN_PAIR_BOXES or ("boxes" in st and inputs != "network"):
+            raise ValueError(f"{path}: stages[{i}].boxes is an option of a prn stage with inputs: network, one of "
+                             f"{', '.join(PRN_PAIR_BOXES)}; got {boxes!r} on a {st['name']} stage with inputs: {inputs}")
         if int(st.get("epochs", 0)) < 1:
             raise ValueError(f"{path}: stages[{i}].epochs must be >= 1")
         if st.get("schedule", "plateau") not in ("plateau", "cosine"):
@@ -141,6 +148,14 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
     if cfg["data"]["root"] is None and not cfg["data"]["synthetic"]:
         raise ValueError(f"{path}: give data.root (or --data-root) or data.synthetic")
     check_keys(path, "evaluate", cfg["evaluate"], _EVALUATE_KEYS)
+    from kerapose.models.multiposenet import check_pose_score
+
+    for section in ("model", "evaluate"):  # evaluate.pose_score overrides the model's for the scoring
+        if section in cfg and "pose_score" in cfg[section]:
+            try:
+                check_pose_score(cfg[section]["pose_score"])
+            except ValueError as e:
+                raise ValueError(f"{path}: {section}.{e}") from None
     check_keys(path, "targets", cfg["targets"], _DEFAULTS["targets"])
     if not float(cfg["targets"]["sigma"]) > 0:
         raise ValueError(f"{path}: targets.sigma must be > 0 (output cells), got {cfg['targets']['sigma']!r}")
@@ -484,10 +499,15 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
                 # keypoint subnet's heatmaps at the ground-truth boxes)
                 source = stage.get("inputs", "annotations")
                 if source == "network":
-                    print("[kerapose] PRN pairs from the keypoint subnet's heatmaps", flush=True)
+                    # boxes: annotations (ground truth) or detections (the person subnet's, as at
+                    # inference; the persons stage must come first)
+                    where = stage.get("boxes", "annotations")
+                    print("[kerapose] PRN pairs from the keypoint subnet's heatmaps at the "
+                          f"{'detected' if where == 'detections' else 'ground-truth'} boxes", flush=True)
+                    net = model if where == "detections" else model.keypoint_model
                     train_pairs, val_pairs = (
-                        network_prn_pairs(d, codec, model.keypoint_model, size, KEYPOINT_STRIDE,
-                                          skips=skips, progress=verbose > 0) for d in (train_set, val_set))
+                        network_prn_pairs(d, codec, net, size, KEYPOINT_STRIDE, skips=skips,
+                                          progress=verbose > 0, boxes=where) for d in (train_set, val_set))
                 elif source == "annotations":
                     train_pairs, val_pairs = None, None
                 else:
@@ -524,8 +544,10 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
 
 
 def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, score_threshold: float = 0.3,
-                   image_ids=None, progress: bool = True, flip_test: bool = False) -> dict:
-    """COCO keypoint AP of a MultiPoseNet end to end (boxes -> PRN -> keypoints) on a dataset split."""
+                   image_ids=None, progress: bool = True, flip_test: bool = False,
+                   pose_score: str | None = None) -> dict:
+    """COCO keypoint AP of a MultiPoseNet end to end (boxes -> PRN -> keypoints) on a dataset split
+    (``pose_score`` None: the model's own)."""
     from kerapose.data.pipeline import read_image
     from kerapose.evaluation import evaluate_keypoints, keypoint_results
 
@@ -536,7 +558,8 @@ def evaluate_model(model, dataset, input_size=(480, 480), max_people: int = 20, 
         rec = dataset.record(image_id)
         image = read_image(rec.path)
         pose = model.predict_poses([image], input_size=tuple(input_size), max_people=max_people,
-                                   score_threshold=score_threshold, flip_test=flip_test)[0]
+                                   score_threshold=score_threshold, flip_test=flip_test,
+                                   pose_score=pose_score)[0]
         results += keypoint_results(image_id, pose["keypoints"], pose["scores"])
         if bar is not None:
             bar.update(n + 1)

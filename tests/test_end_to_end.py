@@ -49,6 +49,23 @@ def test_end_to_end_matches_numpy_pipeline(model, image):
     np.testing.assert_allclose(out["keypoints"][0, :n, :, :2], kp[..., :2] / scale, rtol=1e-4, atol=0.05)
     np.testing.assert_allclose(out["keypoints"][0, :n, :, 2], kp[..., 2], atol=1e-5)
 
+    # pose_score="box_keypoints": box score x mean keypoint score, the poses re-sorted by it
+    # (the numpy reference's, sorted with numpy)
+    pose = scores * kp[..., 2].mean(-1)
+    for m in (n, 4):  # all slots filled; 4 of 8 (a threshold between box scores): padding stays last
+        threshold = 0.0 if m == n else float(scores[m - 1] + scores[m]) / 2
+        ranked = model.end_to_end(size, max_people=8, score_threshold=threshold, pose_score="box_keypoints")
+        got = {k: np.asarray(v) for k, v in ranked(image[None]).items()}
+        assert int(got["num_poses"][0]) == m
+        order = np.argsort(-pose[:m], kind="stable")
+        np.testing.assert_allclose(got["scores"][0, :m], pose[order], atol=1e-5)
+        np.testing.assert_allclose(got["boxes"][0, :m], boxes[order] / scale, rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(got["keypoints"][0, :m, :, :2], kp[order, :, :2] / scale, rtol=1e-4, atol=0.05)
+        assert not got["scores"][0, m:].any() and not got["keypoints"][0, m:].any()
+    assert not np.array_equal(np.argsort(-pose, kind="stable"), np.arange(n))  # the re-sort did something
+    with pytest.raises(ValueError, match="pose_score: expected one of box, box_keypoints, got 'mean'"):
+        model.end_to_end(size, pose_score="mean")
+
 
 def test_predict_poses_unpads_and_checks_input(model, image):
     res = model.predict_poses([image, image[:200, :300].copy()], input_size=(128, 128), max_people=4,

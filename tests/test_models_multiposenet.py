@@ -37,6 +37,30 @@ def test_resnet18_matches_torchvision_architecture():
     assert trainable == 11_176_512  # torchvision resnet18 without its fc layer
 
 
+def test_resnet_width_multiplier():
+    """(And a MultiPoseNet's pose_score.) width scales every convolution's channels (multiples of 8), so a basic-block network's
+    parameters scale with width squared (batch norms and the RGB stem are linear in it); width
+    is saved with a MultiPoseNet, and ImageNet weight files, made for width 1, are refused."""
+    half = resnet_backbone(18, width=0.5)
+    assert [int(half.output[c].shape[-1]) for c in ("C2", "C3", "C4", "C5")] == [32, 64, 128, 256]
+    ratio = half.count_params() / resnet_backbone(18).count_params()
+    assert 0.25 <= ratio < 0.26
+    assert int(resnet_backbone(18, width=0.3).output["C2"].shape[-1]) == 16  # 19.2 -> 16
+    m = MultiPoseNet("resnet18", backbone_width=0.5, prn_hidden=8, input_shape=(64, 64, 3),
+                     pose_score="box_keypoints")
+    clone = MultiPoseNet.from_config(m.get_config())
+    assert clone.get_config()["backbone_width"] == 0.5 and clone.count_params() == m.count_params()
+    # the model's pose_score is what its end-to-end graph (export, serving) uses unless told otherwise
+    assert clone.end_to_end((64, 64)).get_layer("decoder").pose_score == "box_keypoints"
+    assert clone.end_to_end((64, 64), pose_score="box").get_layer("decoder").pose_score == "box"
+    with pytest.raises(ValueError, match="pose_score: expected one of box, box_keypoints, got 'boxes'"):
+        MultiPoseNet("resnet18", pose_score="boxes")
+    with pytest.raises(ValueError, match="weights: the weight files are for width 1.0, got width=0.5"):
+        resnet_backbone(18, width=0.5, weights="imagenet.h5")
+    with pytest.raises(ValueError, match=r"width: expected a channel multiplier in \(0, 4\], got 0"):
+        resnet_backbone(18, width=0)
+
+
 def test_resnet_loads_applications_weight_file_and_matches(tmp_path):
     ref = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
     rng = np.random.default_rng(0)

@@ -213,3 +213,81 @@ def test_network_prn_pairs_crop_the_models_heatmaps(syn_root, tmp_path):
     assert skips.counts == {"unreadable image": 1}
     assert len(x2) == len(y2) == len(x) - len(codec.training_pairs(kept[0])[2])
     np.testing.assert_array_equal(x2, x[len(x) - len(x2):])
+
+
+class _GroundTruthDetections(_GroundTruthHeatmaps):
+    """Also stands in for the person subnet: its outputs encode given boxes (network pixels),
+    per image, as logits +-10 at the BoxCodec's positive / other anchors and exact deltas."""
+
+    def __init__(self, records, scale, size, boxes):
+        super().__init__(records, scale, size)
+        from kerapose.codecs.boxes import BoxCodec
+
+        self.person = []
+        for b in boxes:
+            cls, deltas = BoxCodec().encode(b, size)
+            self.person.append((np.where(cls > 0, 10.0, -10.0).astype(np.float32), deltas))
+
+    def __call__(self, images, training=False):
+        n = len(self.seen)
+        out = super().__call__(images, training)
+        out["person_logits"] = np.stack([p[0] for p in self.person[n:n + len(images)]])
+        out["person_boxes"] = np.stack([p[1] for p in self.person[n:n + len(images)]])
+        return out
+
+
+def test_network_prn_pairs_at_detected_boxes(syn_root):
+    """boxes="detections": each person's crop and target use the detection that overlaps its
+    box (here its box shifted by 3 px and widened by 20 %), a person without one keeps its
+    ground-truth box, and a model without person outputs is refused by name."""
+    from dataclasses import replace
+
+    from kerapose.codecs.boxes import BoxCodec, box_iou
+    from kerapose.data.pipeline import network_prn_pairs
+
+    ds = CocoKeypoints(str(syn_root), "train")
+    codec = PRNCodec("coco17")
+    size = (2 * SIZE[0], 2 * SIZE[1])
+    records = [rec for rec in ds if len(codec.pair_persons(rec))]
+    # Each image detects its pair persons' boxes shifted and widened (network pixels), all of
+    # them or, where NMS would merge two or a person's best match would be another's box, none
+    # (and never in the first image): those images keep their ground-truth boxes.
+    detected = []  # per image: {person index: moved box}
+    for n, rec in enumerate(records):
+        persons = codec.pair_persons(rec)
+        b = rec.boxes[persons].astype(np.float64) * 2.0
+        cx, w = (b[:, 0] + b[:, 2]) / 2 + 3.0, (b[:, 2] - b[:, 0]) * 1.2
+        m = np.stack([cx - w / 2, b[:, 1], cx + w / 2, b[:, 3]], -1).clip(0, size[1])
+        apart = (box_iou(m, m) <= 0.5).sum() == len(m)
+        own = (box_iou(b, m).argmax(1) == np.arange(len(m))).all()
+        detected.append(dict(zip(persons.tolist(), m)) if n and apart and own else {})
+    assert sum(map(len, detected)) >= 3
+    fake = _GroundTruthDetections(records, 2.0, size,
+                                  [np.array(list(d.values())).reshape(-1, 4) for d in detected])
+    x, y = network_prn_pairs(ds, codec, fake, size, stride=4, batch_size=3, progress=False, boxes="detections")
+    # the reference: the pairs of records whose boxes are the decoded detections (image pixels)
+    ref_x, ref_y = [], []
+    heat = _GroundTruthHeatmaps(records, 2.0, size)
+    for i, rec in enumerate(records):
+        logits, deltas = fake.person[i]
+        found, _ = BoxCodec().decode(logits, deltas, size)
+        assert len(found) == len(detected[i])
+        boxes = rec.boxes.copy()
+        for j, m in detected[i].items():  # the decoded box equals the moved one up to rounding
+            near = found[np.abs(found - m).sum(-1).argmin()]
+            np.testing.assert_allclose(near, m, atol=1e-3)
+            boxes[j] = near / 2.0
+        target, persons = codec.training_targets(replace(rec, boxes=boxes))
+        ref_y.append(target)
+        ref_x.append(codec.crop(heat.maps[i].astype(np.float32)[..., :17], boxes[persons] * 2.0, 4))
+    np.testing.assert_allclose(y, np.concatenate(ref_y), atol=1e-6)
+    np.testing.assert_allclose(x, np.concatenate(ref_x), atol=1e-4)
+    n0 = len(codec.pair_persons(records[0]))
+    np.testing.assert_array_equal(y[:n0], codec.training_targets(records[0])[0])
+    assert not np.allclose(y[n0:], np.concatenate([codec.training_targets(r)[0] for r in records[1:]]))
+
+    with pytest.raises(ValueError, match="person_logits and person_boxes"):
+        network_prn_pairs(ds, codec, _GroundTruthHeatmaps(records, 2.0, size), size, progress=False,
+                          boxes="detections")
+    with pytest.raises(ValueError, match="boxes: expected one of annotations, detections, got 'gt'"):
+        network_prn_pairs(ds, codec, fake, size, progress=False, boxes="gt")

@@ -38,6 +38,13 @@ _BAD_RECIPES = [  # (recipe text, the error it must raise)
      r"stages\[0\].inputs is a prn-stage option"),
     ("stages: [{name: prn, epochs: 1, inputs: detections}]\ndata: {root: x}\n",
      "annotations or network, got 'detections'"),
+    ("stages: [{name: prn, epochs: 1, boxes: detections}]\ndata: {root: x}\n",
+     r"stages\[0\].boxes is an option of a prn stage with inputs: network.*got 'detections' on a prn stage "
+     "with inputs: annotations"),
+    ("stages: [{name: prn, epochs: 1, inputs: network, boxes: found}]\ndata: {root: x}\n",
+     "one of annotations, detections; got 'found'"),
+    (_KP + "evaluate: {pose_score: mean}\n", "evaluate.pose_score: expected one of box, box_keypoints, got 'mean'"),
+    (_KP + "model: {pose_score: 1}\n", "model.pose_score: expected one of box, box_keypoints, got 1"),
     (_KP + "mixed_precision: half\n", "expected false, 'float32', true, 'float16' or 'bfloat16', got 'half'"),
     (_KP + "evaluate: {flip: true}\n", r"evaluate has unknown keys \['flip'\]"),
     (_KP + "targets: {sigma: 0}\n", "targets.sigma must be > 0"),

@@ -59,12 +59,17 @@ def _basic(x, filters: int, stride: int, conv_shortcut: bool, name: str):
     return layers.Activation("relu", name=name + "_out")(x)
 
 
+def _channels(filters: int, width: float) -> int:
+    return max(8, int(round(filters * width / 8)) * 8)  # multiples of 8 keep the kernels vectorised
+
+
 def resnet_backbone(
     depth: int = 50,
     input_shape: tuple = (None, None, 3),
     weights: str | None = None,
     preprocessing: str = "caffe",
     name: str | None = None,
+    width: float = 1.0,
 ) -> keras.Model:
     """A ResNet backbone: RGB float 0..255 in, ``{"C2", "C3", "C4", "C5"}`` out.
 
@@ -75,21 +80,28 @@ def resnet_backbone(
             file (see :mod:`kerapose.backbones.weights`), loaded by layer name.
         preprocessing: normalisation inside the model (:data:`kerapose.layers.PREPROCESS_MODES`);
             ``"caffe"`` is what keras.applications ResNet weights expect.
+        width: channel multiplier of every convolution (1.0: the standard network, the only
+            width the keras.applications weight files fit).
     """
     if depth not in RESNET_DEPTHS:
         raise ValueError(f"unknown ResNet depth {depth!r}; accepted: {', '.join(map(str, RESNET_DEPTHS))}")
+    if not 0 < width <= 4:
+        raise ValueError(f"width: expected a channel multiplier in (0, 4], got {width!r}")
+    if weights is not None and width != 1.0:
+        raise ValueError(f"weights: the weight files are for width 1.0, got width={width}")
     kind, blocks = RESNET_DEPTHS[depth]
     block = _bottleneck if kind == "bottleneck" else _basic
     inputs = keras.Input(shape=input_shape, name="image")
     x = Preprocess(preprocessing, name="preprocess")(inputs)
     x = layers.ZeroPadding2D(padding=3, name="conv1_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, use_bias=kind == "bottleneck", name="conv1_conv")(x)
+    x = layers.Conv2D(_channels(64, width), 7, strides=2, use_bias=kind == "bottleneck", name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=_BN_EPS, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(padding=1, name="pool1_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
     outputs = {}
     for stage, (filters, n) in enumerate(zip((64, 128, 256, 512), blocks)):
+        filters = _channels(filters, width)
         level = stage + 2
         for b in range(n):
             stride = 2 if (b == 0 and stage > 0) else 1

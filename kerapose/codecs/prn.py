@@ -286,6 +286,10 @@ class PRNCodec:
         pairs = [self.training_pair(record, int(i)) for i in persons]
         return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]), persons
 
+    def pair_persons(self, record) -> np.ndarray:
+        """Indices of the persons that give a training pair: non-crowd, with a labelled keypoint."""
+        return _persons_with_keypoints(record)
+
     def training_targets(self, record) -> tuple[np.ndarray, np.ndarray]:
         """The targets of :meth:`training_pairs` without rendering the inputs:
         ``(targets [M, ch, cw, K], person_indices [M])``."""

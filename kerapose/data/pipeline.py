@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
-from kerapose.codecs.boxes import BoxCodec
+from kerapose.codecs.boxes import BoxCodec, box_iou
 from kerapose.codecs.heatmap import HeatmapCodec
 from kerapose.codecs.prn import PRNCodec
 from kerapose.codecs.segmentation import SegmentationCodec
@@ -28,7 +28,7 @@ from kerapose.skeleton import get_keypoint_set
 
 __all__ = [
     "SkipCounter", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset",
-    "annotation_prn_pairs", "network_prn_pairs",
+    "annotation_prn_pairs", "network_prn_pairs", "PRN_PAIR_BOXES",
 ]
 
 
@@ -324,6 +324,21 @@ def annotation_prn_pairs(coco: CocoKeypoints, codec: PRNCodec) -> tuple[np.ndarr
     return np.concatenate(xs), np.concatenate(ys)
 
 
+PRN_PAIR_BOXES = ("annotations", "detections")
+
+
+def _matched_boxes(rec: ImageRecord, found: np.ndarray, match_iou: float) -> ImageRecord:
+    """``rec`` with each person's box replaced by the detection (image pixels) of highest IoU
+    with it, where that IoU reaches ``match_iou``."""
+    gt = np.asarray(rec.boxes, np.float64).reshape(-1, 4)
+    if not len(found) or not len(gt):
+        return rec
+    iou = box_iou(gt, found)
+    best = iou.argmax(1)
+    take = iou[np.arange(len(gt)), best] >= match_iou
+    return replace(rec, boxes=np.where(take[:, None], found[best], gt).astype(np.float32))
+
+
 def network_prn_pairs(
     coco: CocoKeypoints,
     codec: PRNCodec,
@@ -333,22 +348,34 @@ def network_prn_pairs(
     batch_size: int = 16,
     skips: SkipCounter | None = None,
     progress: bool = True,
+    boxes: str = "annotations",
+    match_iou: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PRN pairs whose inputs are the trained keypoint subnet's own heatmaps.
 
     Each image is letterboxed to ``input_size`` as at inference, run through ``keypoint_model``
     (a model with a ``heatmaps`` output of at least K channels at ``stride``), and the heatmaps
-    are cropped at every annotated person's ground-truth box; targets are those of
-    :meth:`PRNCodec.training_targets`. The PRN then learns to clean up the heatmaps the network
-    really produces, which differ from rendered Gaussians (weaker, wider, with spurious peaks)
-    while the network is far from converged. Unreadable images are skipped and counted.
+    are cropped at every annotated person's box; targets are those of
+    :meth:`PRNCodec.training_targets` for that box. The PRN then learns to clean up the heatmaps
+    the network really produces, which differ from rendered Gaussians (weaker, wider, with
+    spurious peaks) while the network is far from converged. Unreadable images are skipped and
+    counted.
+
+    ``boxes="annotations"`` crops at the ground-truth boxes. ``boxes="detections"`` crops at the
+    boxes the model's own person subnet finds (``keypoint_model`` must then also output
+    ``person_logits`` and ``person_boxes``, e.g. the whole MultiPoseNet): each person takes the
+    detection of highest IoU with its box if that IoU is at least ``match_iou``, its
+    ground-truth box otherwise. The PRN then sees crops shifted and scaled as at inference.
     """
     from kerapose.models.end_to_end import Letterbox
 
+    if boxes not in PRN_PAIR_BOXES:
+        raise ValueError(f"boxes: expected one of {', '.join(PRN_PAIR_BOXES)}, got {boxes!r}")
     k = codec.num_channels
     letterbox = Letterbox(tuple(input_size))
+    box_codec = BoxCodec() if boxes == "detections" else None
     xs, ys = [], []
-    batch_img, batch_boxes = [], []
+    pending: list[tuple] = []  # (record, network image, scale) waiting for a batch
     records = [rec for rec in coco if len(rec.keypoints)]
     bar = None
     if progress:
@@ -357,16 +384,26 @@ def network_prn_pairs(
         bar = keras.utils.Progbar(len(records), unit_name="image")
 
     def flush():
-        heat = keypoint_model(np.stack(batch_img), training=False)["heatmaps"]
-        heat = np.asarray(heat, np.float32)[..., :k]
-        index = np.concatenate([np.full(len(b), i, np.int32) for i, b in enumerate(batch_boxes)])
-        xs.append(codec.crop(heat, np.concatenate(batch_boxes), stride, image_index=index))
-        batch_img.clear()
-        batch_boxes.clear()
+        out = keypoint_model(np.stack([p[1] for p in pending]), training=False)
+        if box_codec is not None and not {"person_logits", "person_boxes"} <= set(out):
+            raise ValueError(f"boxes='detections' needs a model with person_logits and person_boxes outputs, "
+                             f"got outputs {sorted(out)}")
+        heat = np.asarray(out["heatmaps"], np.float32)[..., :k]
+        crop_boxes, index = [], []
+        for i, (rec, _, scale) in enumerate(pending):
+            if box_codec is not None:
+                found, _ = box_codec.decode(np.asarray(out["person_logits"][i]), np.asarray(out["person_boxes"][i]),
+                                            tuple(input_size))
+                rec = _matched_boxes(rec, found / scale, match_iou)
+            target, persons = codec.training_targets(rec)
+            ys.append(target)
+            crop_boxes.append(np.asarray(rec.boxes, np.float64)[persons] * scale)
+            index.append(np.full(len(persons), i, np.int32))
+        xs.append(codec.crop(heat, np.concatenate(crop_boxes), stride, image_index=np.concatenate(index)))
+        pending.clear()
 
     for n, rec in enumerate(records):
-        target, persons = codec.training_targets(rec)
-        if len(persons):
+        if len(codec.pair_persons(rec)):
             try:
                 image = read_image(rec.path)
             except ValueError:
@@ -374,14 +411,12 @@ def network_prn_pairs(
                     skips.add("unreadable image", rec.path)
                 continue
             resized, scale = letterbox(image[None])
-            ys.append(target)
-            batch_img.append(np.asarray(resized)[0])
-            batch_boxes.append(np.asarray(rec.boxes, np.float64)[persons] * float(np.asarray(scale)[0]))
-            if len(batch_img) == batch_size:
+            pending.append((rec, np.asarray(resized)[0], float(np.asarray(scale)[0])))
+            if len(pending) == batch_size:
                 flush()
         if bar is not None:
             bar.update(n + 1)
-    if batch_img:
+    if pending:
         flush()
     if not ys:
         raise ValueError(f"{coco.ann_file}: no readable images with annotated persons to build PRN pairs from")

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from kerapose.codecs.boxes import BoxCodec
 from kerapose.codecs.prn import PRNCodec
-from kerapose.models.multiposenet import KEYPOINT_STRIDE, SIZE_MULTIPLE, MultiPoseNet
+from kerapose.models.multiposenet import KEYPOINT_STRIDE, SIZE_MULTIPLE, MultiPoseNet, check_pose_score
 from kerapose.skeleton import get_keypoint_set
 
 __all__ = ["Letterbox", "MultiPoseNetDecoder", "multiposenet_end_to_end"]
@@ -68,11 +68,16 @@ class MultiPoseNetDecoder(keras.layers.Layer):
         max_people: M, the padded number of people per image.
         score_threshold, iou_threshold: person detection thresholds.
         prn_margin: box enlargement of the PRN crop (as in training).
+        pose_score: ``"box"``: a pose's score is its box's; ``"box_keypoints"``: the box's score
+            times the mean of the pose's keypoint scores (PRN peaks), and the poses re-sorted by
+            it; a box that holds a weak or diffuse pose then ranks below a clean one.
     """
 
     def __init__(self, prn: keras.Model, input_size, keypoint_set: str = "coco17", max_people: int = 20,
-                 score_threshold: float = 0.3, iou_threshold: float = 0.5, prn_margin: float = 0.1, **kwargs):
+                 score_threshold: float = 0.3, iou_threshold: float = 0.5, prn_margin: float = 0.1,
+                 pose_score: str = "box", **kwargs):
         super().__init__(**kwargs)
+        self.pose_score = check_pose_score(pose_score)
         self.prn = prn
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.keypoint_set = get_keypoint_set(keypoint_set).name
@@ -99,12 +104,13 @@ class MultiPoseNetDecoder(keras.layers.Layer):
         inv = (1.0 / scale)[:, None]
         kp_xy = kp[..., :2] * inv[..., None, None] * valid[..., None, None]
         keypoints = tf.concat([kp_xy, kp[..., 2:] * valid[..., None, None]], axis=-1)
-        return {
-            "keypoints": keypoints,
-            "scores": scores * valid,
-            "boxes": boxes * inv[..., None] * valid[..., None],
-            "num_poses": num,
-        }
+        scores, boxes = scores * valid, boxes * inv[..., None] * valid[..., None]
+        if self.pose_score == "box_keypoints":
+            scores = scores * tf.reduce_mean(keypoints[..., 2], axis=-1)
+            # padding (score 0) stays behind every detection: scores are >= 0, ties keep order
+            order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+            scores, boxes, keypoints = (tf.gather(t, order, batch_dims=1) for t in (scores, boxes, keypoints))
+        return {"keypoints": keypoints, "scores": scores, "boxes": boxes, "num_poses": num}
 
     def compute_output_spec(self, heatmaps, person_logits, person_boxes, scale):
         b, m, k = heatmaps.shape[0], self.max_people, self.num_keypoints
@@ -125,6 +131,7 @@ class MultiPoseNetDecoder(keras.layers.Layer):
             "score_threshold": self.score_threshold,
             "iou_threshold": self.iou_threshold,
             "prn_margin": self.prn_margin,
+            "pose_score": self.pose_score,
         }
 
     @classmethod
@@ -182,6 +189,7 @@ def multiposenet_end_to_end(
     prn_margin: float = 0.1,
     flip_test: bool = False,
     scales: tuple[float, ...] = (),
+    pose_score: str | None = None,
 ) -> keras.Model:
     """Wrap a MultiPoseNet into the end-to-end serving model (see module docstring).
 
@@ -189,7 +197,8 @@ def multiposenet_end_to_end(
     letterboxed into it and the results mapped back to their own pixels. ``flip_test`` and
     ``scales`` (extra scale factors, e.g. ``(0.75, 1.25)``) average the heatmaps over test-time
     augmentations (:class:`HeatmapTestTimeAugment`); extra scales need a model built with
-    input_shape (None, None, 3).
+    input_shape (None, None, 3). ``pose_score`` (see :class:`MultiPoseNetDecoder`): None takes
+    the model's own (``MultiPoseNet(pose_score=...)``, saved with it).
     """
     h, w = (int(v) for v in input_size)
     if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h <= 0 or w <= 0:
@@ -212,7 +221,8 @@ def multiposenet_end_to_end(
                                           name="test_time_augment", dtype="float32")(resized, heatmaps)
     decoder = MultiPoseNetDecoder(model.prn, (h, w), model.keypoint_set.name, max_people=max_people,
                                   score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                  prn_margin=prn_margin, name="decoder", dtype="float32")
+                                  prn_margin=prn_margin, pose_score=pose_score or model.pose_score, name="decoder",
+                                  dtype="float32")
     people = decoder(heatmaps, out["person_logits"], out["person_boxes"], scale)
     people = {k: keras.layers.Identity(name=k, dtype=v.dtype)(v) for k, v in people.items()}
     return keras.Model(image, people, name=f"{model.name}_end_to_end")

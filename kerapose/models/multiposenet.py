@@ -12,12 +12,21 @@ from kerapose.layers import SizeCheck
 from kerapose.necks.fpn import feature_pyramid
 from kerapose.skeleton import get_keypoint_set
 
-__all__ = ["MultiPoseNet", "MULTIPOSENET_BACKBONES", "KEYPOINT_STRIDE", "SIZE_MULTIPLE"]
+__all__ = ["MultiPoseNet", "MULTIPOSENET_BACKBONES", "KEYPOINT_STRIDE", "SIZE_MULTIPLE", "POSE_SCORES",
+           "check_pose_score"]
 
 MULTIPOSENET_BACKBONES = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
 KEYPOINT_STRIDE = 4  # heatmaps and segmentation come out at stride 4
 SIZE_MULTIPLE = 32  # every FPN upsampling must land exactly: H and W multiples of C5's stride
 PERSON_LEVELS = (3, 4, 5, 6, 7)
+POSE_SCORES = ("box", "box_keypoints")  # how the end-to-end decoder scores a pose
+
+
+def check_pose_score(value) -> str:
+    """``value`` if it is one of :data:`POSE_SCORES`, else a ValueError that lists them."""
+    if value not in POSE_SCORES:
+        raise ValueError(f"pose_score: expected one of {', '.join(POSE_SCORES)}, got {value!r}")
+    return value
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
@@ -44,10 +53,15 @@ class MultiPoseNet(keras.Model):
         freeze_backbone: make the backbone non-trainable (the paper's person-subnet stage).
         fpn_size: channels of both pyramids.
         keypoint_head_size, keypoint_fuse_size: widths of the keypoint subnet (paper: 128, 512).
-        person_head_size: width of the RetinaNet subnets' convs (paper: the FPN width).
+        backbone_width: the backbone's channel multiplier (1.0, the standard ResNet, is the only
+            width ImageNet weights fit; 0.5 halves every layer for about half the step time).
         prn_hidden: hidden width of the PRN.
         prn_residual_scale: weight of the PRN's residual (its input heatmaps) in its logits;
             1 is the paper's (see :func:`kerapose.heads.prn.pose_residual_network`).
+        pose_score: how :meth:`end_to_end` (and so export, serving and :meth:`predict_poses`)
+            scores a pose unless told otherwise: ``"box"`` (the paper) or ``"box_keypoints"``
+            (box score x mean keypoint score); see
+            :class:`kerapose.models.end_to_end.MultiPoseNetDecoder`.
     """
 
     def __init__(
@@ -59,10 +73,12 @@ class MultiPoseNet(keras.Model):
         backbone_weights: str | None = None,
         freeze_backbone: bool = False,
         fpn_size: int = 256,
+        backbone_width: float = 1.0,
         keypoint_head_size: int = 128,
         keypoint_fuse_size: int = 512,
         prn_hidden: int = 1024,
         prn_residual_scale: float = 1.0,
+        pose_score: str = "box",
         name: str = "multiposenet",
         **kwargs,
     ):
@@ -70,6 +86,7 @@ class MultiPoseNet(keras.Model):
             raise ValueError(
                 f"unknown MultiPoseNet backbone {backbone!r}; accepted: {', '.join(MULTIPOSENET_BACKBONES)}"
             )
+        check_pose_score(pose_score)
         kps = get_keypoint_set(keypoint_set)
         if num_keypoints is not None and num_keypoints != kps.num_keypoints:
             raise ValueError(
@@ -83,7 +100,7 @@ class MultiPoseNet(keras.Model):
         image = keras.Input(shape=input_shape, name="image")
         checked = SizeCheck(SIZE_MULTIPLE, name="size_check")(image)
         bb = resnet_backbone(MULTIPOSENET_BACKBONES[backbone], input_shape=input_shape, weights=backbone_weights,
-                             name="backbone")
+                             name="backbone", width=backbone_width)
         feats = bb(checked)
         channels = {lvl: int(bb.output[lvl].shape[-1]) for lvl in BACKBONE_LEVELS}
         kfpn = feature_pyramid(channels, levels=(2, 3, 4, 5), feature_size=fpn_size, prefix="K", name="keypoint_fpn")
@@ -105,10 +122,12 @@ class MultiPoseNet(keras.Model):
         self.keypoint_set = kps
         self.input_shape_config = input_shape
         self.fpn_size = fpn_size
+        self.backbone_width = float(backbone_width)
         self.keypoint_head_size = keypoint_head_size
         self.keypoint_fuse_size = keypoint_fuse_size
         self.prn_hidden = prn_hidden
         self.prn_residual_scale = float(prn_residual_scale)
+        self.pose_score = pose_score
         self.backbone = bb
         self.prn = pose_residual_network(k, PRN_INPUT_HW, hidden=prn_hidden,
                                          residual_scale=self.prn_residual_scale, name="prn")
@@ -132,32 +151,35 @@ class MultiPoseNet(keras.Model):
 
     def end_to_end(self, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
                    score_threshold: float = 0.3, iou_threshold: float = 0.5, flip_test: bool = False,
-                   scales: tuple[float, ...] = ()) -> keras.Model:
+                   scales: tuple[float, ...] = (), pose_score: str | None = None) -> keras.Model:
         """The end-to-end model (uint8 image of any size -> people) sharing this model's weights.
 
-        See :func:`kerapose.models.end_to_end.multiposenet_end_to_end`.
+        See :func:`kerapose.models.end_to_end.multiposenet_end_to_end` (``pose_score=None``:
+        the model's own).
         """
         from kerapose.models.end_to_end import multiposenet_end_to_end
 
         return multiposenet_end_to_end(self, input_size, max_people=max_people,
                                        score_threshold=score_threshold, iou_threshold=iou_threshold,
-                                       flip_test=flip_test, scales=scales)
+                                       flip_test=flip_test, scales=scales, pose_score=pose_score)
 
     def predict_poses(self, images, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
                       score_threshold: float = 0.3, iou_threshold: float = 0.5,
-                      flip_test: bool = False) -> list[dict]:
+                      flip_test: bool = False, pose_score: str | None = None) -> list[dict]:
         """Poses for a list of RGB uint8 images ([H, W, 3], any sizes).
 
         Returns one dict per image: ``keypoints`` [N, K, 3] (x, y, score), ``scores`` [N] and
         ``boxes`` [N, 4] in that image's pixels (N = detected people, unpadded). ``flip_test``
-        averages the heatmaps with those of the mirrored image (left/right channels swapped).
+        averages the heatmaps with those of the mirrored image (left/right channels swapped);
+        ``pose_score``: see :meth:`end_to_end` (None: the model's own).
         """
         from kerapose.models._poses import predict_with_graph
 
-        key = (tuple(input_size), max_people, score_threshold, iou_threshold, bool(flip_test))
+        key = (tuple(input_size), max_people, score_threshold, iou_threshold, bool(flip_test),
+               pose_score or self.pose_score)
 
         return predict_with_graph(self.__dict__.setdefault("_end_to_end_cache", {}), key,
-                                  lambda: self.end_to_end(*key), images)
+                                  lambda: self.end_to_end(*key[:5], pose_score=key[5]), images)
 
     def freeze_backbone(self, frozen: bool = True) -> None:
         self.backbone.trainable = not frozen
@@ -170,10 +192,12 @@ class MultiPoseNet(keras.Model):
             "input_shape": list(self.input_shape_config),
             "freeze_backbone": self._backbone_frozen,
             "fpn_size": self.fpn_size,
+            "backbone_width": self.backbone_width,
             "keypoint_head_size": self.keypoint_head_size,
             "keypoint_fuse_size": self.keypoint_fuse_size,
             "prn_hidden": self.prn_hidden,
             "prn_residual_scale": self.prn_residual_scale,
+            "pose_score": self.pose_score,
             "name": self.name,
         }
 
