@@ -151,7 +151,7 @@ def load_config(path: str, overrides: dict | None = None) -> dict:
     from kerapose.models.multiposenet import check_pose_score
 
     for section in ("model", "evaluate"):  # evaluate.pose_score overrides the model's for the scoring
-        if section in cfg and "pose_score" in cfg[section]:
+        if "pose_score" in cfg[section]:
             try:
                 check_pose_score(cfg[section]["pose_score"])
             except ValueError as e:

@@ -389,11 +389,12 @@ def network_prn_pairs(
             raise ValueError(f"boxes='detections' needs a model with person_logits and person_boxes outputs, "
                              f"got outputs {sorted(out)}")
         heat = np.asarray(out["heatmaps"], np.float32)[..., :k]
+        if box_codec is not None:  # one conversion per batch, not per image
+            logits, deltas = np.asarray(out["person_logits"]), np.asarray(out["person_boxes"])
         crop_boxes, index = [], []
         for i, (rec, _, scale) in enumerate(pending):
             if box_codec is not None:
-                found, _ = box_codec.decode(np.asarray(out["person_logits"][i]), np.asarray(out["person_boxes"][i]),
-                                            tuple(input_size))
+                found, _ = box_codec.decode(logits[i], deltas[i], tuple(input_size))
                 rec = _matched_boxes(rec, found / scale, match_iou)
             target, persons = codec.training_targets(rec)
             ys.append(target)
