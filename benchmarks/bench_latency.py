@@ -34,10 +34,13 @@ Usage: ``python benchmarks/bench_latency.py [--backbone resnet50] [--sizes 384x5
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import os
 import platform
+import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -161,10 +164,25 @@ def bench_size(model, size: tuple[int, int], images: np.ndarray, formats: list, 
                 row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             log(f"[{tag}] timing FAILED {type(e).__name__}: {e}")
             traceback.print_exc()
+            release(ready)
             return
         for (row, _, _), st in zip(ready, stats):
             row.update(st)
             log(f"[{tag}] {row['kind']:7s} {row['name']}: {row['median_ms']:.1f} ms (setup {row['setup_s']} s)")
+        release(ready)
+
+    def release(ready: list) -> None:
+        """Free the group's runtimes (interpreters, sessions, loaded SavedModels) and their
+        export files before the next group: holding every runtime of a size at once was
+        OOM-killed at 480x480. The peak RSS so far goes into the group's rows."""
+        ready.clear()
+        gc.collect()
+        for path in os.listdir(workdir):
+            target = os.path.join(workdir, path)
+            shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+        for row in rows:
+            row.setdefault("peak_rss_mib", round(peak))
 
     def export(fmt: str, e2e: bool, quantize: str | None = None, **kw) -> str:
         suffix = export_formats.get_format(fmt).suffix
@@ -292,7 +310,7 @@ def main(argv: list | None = None) -> None:
     import keras
     import onnxruntime
 
-    from kerapose.models.multiposenet import MultiPoseNet
+    from kerapose.models.multiposenet.network import MultiPoseNet
 
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)

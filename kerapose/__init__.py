@@ -8,6 +8,5 @@ from kerapose import skeleton  # noqa: F401  (keypoint sets are data every modul
 # `register_keras_serializable` decorators, and the documented contract is that `import kerapose`
 # is enough; so every module that registers objects is imported here.
 from kerapose import layers, losses  # noqa: E402,F401
-from kerapose import models  # noqa: E402,F401
 from kerapose.codecs import paf_graph  # noqa: E402,F401
-from kerapose.models import end_to_end  # noqa: E402,F401
+from kerapose.models import registry  # noqa: E402,F401  (every family: models, decoders, recipes)

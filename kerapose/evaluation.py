@@ -4,9 +4,10 @@ Predictions follow the kerapose contract (keypoints ``[N, K, 3]`` as (x, y, scor
 pixels, boxes ``[N, 4]`` as x1, y1, x2, y2). :func:`keypoint_results` / :func:`box_results`
 turn one image's predictions into COCO results dicts, :func:`evaluate_keypoints` /
 :func:`evaluate_boxes` run pycocotools' ``COCOeval`` on them and return its ``stats`` as a
-named dict. :func:`oks` is COCO's object keypoint similarity in vectorised numpy (the same
-numbers as ``COCOeval.computeOks``) and :func:`oks_nms` the greedy non-maximum suppression
-built on it.
+named dict; :func:`evaluate_results_file` scores any COCO keypoint results file (kerapose's
+``predictions.json`` or another tool's) against a dataset split. :func:`oks` is COCO's object
+keypoint similarity in vectorised numpy (the same numbers as ``COCOeval.computeOks``) and
+:func:`oks_nms` the greedy non-maximum suppression built on it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kerapose.skeleton import KeypointSet, get_keypoint_set
+from kerapose.skeleton import KeypointSet, available_keypoint_sets, get_keypoint_set
 
 __all__ = [
     "KEYPOINT_METRICS",
@@ -32,6 +33,8 @@ __all__ = [
     "write_results",
     "evaluate_keypoints",
     "evaluate_boxes",
+    "load_results_file",
+    "evaluate_results_file",
     "oks",
     "oks_nms",
 ]
@@ -355,6 +358,129 @@ def evaluate_boxes(coco_gt, results: list[dict], image_ids: list[int] | None = N
     out = {m: float(v) for m, v in zip(BOX_METRICS, stats)}
     out["AR"] = out["AR100"]
     return out
+
+
+# ----------------------------------------------------------------------------- results files
+
+
+def load_results_file(results_json: str) -> list[dict]:
+    """A COCO results JSON file as a list of dicts; ``FileNotFoundError`` for a missing file and
+    ``ValueError`` naming the file for bad JSON or a top level that is not a list of objects."""
+    path = os.fspath(results_json)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            rows = json.load(f)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad encoding, absurd nesting
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of result objects, got a {type(rows).__name__}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ValueError(f"{path}: results[{i}] is a {type(r).__name__}, expected an object")
+    return rows
+
+
+def _is_finite_number(v) -> bool:
+    try:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _gt_keypoint_set(coco, keypoint_set) -> KeypointSet:
+    """The keypoint set of the ground truth's keypoint category: given, or found by its names."""
+    if keypoint_set is not None:
+        return get_keypoint_set(keypoint_set)
+    cats = [c for c in coco.loadCats(coco.getCatIds()) if c.get("keypoints")]
+    if not cats:
+        return get_keypoint_set("coco17")
+    names = list(cats[0]["keypoints"])
+    for name in available_keypoint_sets():
+        if list(get_keypoint_set(name).keypoints) == names:
+            return get_keypoint_set(name)
+    if len(names) == 17:  # COCO's count under other names: pycocotools' own sigmas apply
+        return get_keypoint_set("coco17")
+    raise ValueError(f"the ground truth's category {cats[0].get('name')!r} has {len(names)} keypoints that match no "
+                     f"registered keypoint set; pass keypoint_set= (register one with kerapose.skeleton)")
+
+
+def _check_result_rows(rows: list[dict], coco, kset: KeypointSet, source: str) -> None:
+    k = kset.num_keypoints
+    cats = set(coco.getCatIds())
+    known = set(coco.getImgIds())
+    unknown: list = []
+    for i, r in enumerate(rows):
+        where = f"{source}: results[{i}]"
+        missing = [key for key in ("image_id", "category_id", "keypoints", "score") if key not in r]
+        if missing:
+            raise ValueError(f"{where}: missing {missing} (a COCO keypoint result has image_id, category_id, "
+                             f"keypoints, score), got keys {sorted(r)}")
+        if not isinstance(r["image_id"], int) or isinstance(r["image_id"], bool):
+            raise ValueError(f"{where}: image_id must be an integer, got {r['image_id']!r}")
+        if r["category_id"] not in cats:
+            raise ValueError(f"{where}: category_id {r['category_id']!r} is not a category of the ground truth "
+                             f"{sorted(cats)}")
+        kp = r["keypoints"]
+        if not isinstance(kp, list) or len(kp) != 3 * k:
+            n = len(kp) if isinstance(kp, list) else type(kp).__name__
+            hint = ""
+            if isinstance(kp, list) and len(kp) % 3 == 0:
+                sets = (get_keypoint_set(name) for name in available_keypoint_sets())
+                others = [ks for ks in sets if 3 * ks.num_keypoints == len(kp)]
+                if others:
+                    hint = (f"; {len(kp) // 3} keypoints is the {others[0].name!r} set: convert rows with "
+                            f"kerapose.skeleton.convert_keypoints(kp, {others[0].name!r}, {kset.name!r})")
+            raise ValueError(f"{where}: keypoints has {n} values, expected {3 * k} ({k} keypoints x 3, "
+                             f"keypoint set {kset.name!r}){hint}")
+        if not all(_is_finite_number(v) for v in kp):
+            bad = next(v for v in kp if not _is_finite_number(v))
+            raise ValueError(f"{where}: keypoints must be finite numbers, got {bad!r}")
+        if not _is_finite_number(r["score"]):
+            raise ValueError(f"{where}: score must be a finite number, got {r['score']!r}")
+        if r["image_id"] not in known:
+            unknown.append(r["image_id"])
+    if unknown:
+        ids = sorted(set(unknown))
+        raise ValueError(f"{source}: {len(unknown)} result(s) name {len(ids)} image id(s) that are not in the ground "
+                         f"truth, e.g. {ids[:5]} (wrong split, or image ids from file names?)")
+
+
+def evaluate_results_file(
+    results_json: str,
+    data_root: str,
+    split: str,
+    *,
+    keypoint_set: str | KeypointSet | None = None,
+    image_ids: list[int] | None = None,
+    ann_file: str | None = None,
+    verbose: bool = False,
+) -> dict:
+    """COCO keypoint AP/AR of any COCO keypoint results file against a dataset split.
+
+    Args:
+        results_json: a JSON list of ``{"image_id", "category_id", "keypoints": [x, y, v] * K,
+            "score"}`` (extra fields such as ``bbox`` or kerapose's ``model_keypoints`` are
+            ignored).
+        data_root, split: the ground truth, ``DATA_ROOT/annotations/person_keypoints_SPLIT.json``
+            as it is in the file (``ann_file`` names another file).
+        keypoint_set: OKS sigmas; default: the registered set whose keypoint names are the
+            ground-truth category's (COCO-17 for COCO).
+        image_ids: images to score; ``None`` scores every ground-truth image.
+
+    Returns :func:`evaluate_keypoints`' dict (exactly ``COCOeval.stats``). A missing file is a
+    ``FileNotFoundError``; bad JSON, rows of the wrong length, non-finite values, unknown image
+    or category ids are ``ValueError`` naming the file and the row.
+    """
+    from kerapose.data.coco import annotation_path, load_coco
+
+    source = os.fspath(results_json)
+    rows = load_results_file(source)
+    coco = load_coco(ann_file or annotation_path(os.fspath(data_root), split))
+    kset = _gt_keypoint_set(coco, keypoint_set)
+    _check_result_rows(rows, coco, kset, source)
+    return evaluate_keypoints(coco, rows, image_ids=image_ids, keypoint_set=kset, verbose=verbose)
 
 
 # ----------------------------------------------------------------------------- OKS

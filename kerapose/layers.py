@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
-__all__ = ["Preprocess", "ResizeTo", "PREPROCESS_MODES"]
+__all__ = ["Preprocess", "ResizeTo", "SizeCheck", "Letterbox", "PREPROCESS_MODES"]
 
 # mode -> (flip RGB to BGR, mean (in the flipped order), std); output = (x[, ::-1] - mean) / std
 PREPROCESS_MODES: dict[str, tuple[bool, tuple[float, float, float], tuple[float, float, float]]] = {
@@ -119,3 +120,39 @@ class SizeCheck(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "multiple": self.multiple}
+
+
+@keras.saving.register_keras_serializable(package="kerapose")
+class Letterbox(keras.layers.Layer):
+    """Resize an image batch to fit ``size`` keeping the aspect ratio, pad bottom/right with 0.
+
+    Returns the float image and the scale (network pixels per image pixel) of each image.
+    All images of a batch share one size (a batch is one tensor).
+    """
+
+    def __init__(self, size: tuple[int, int], **kwargs):
+        super().__init__(**kwargs)
+        self.size = (int(size[0]), int(size[1]))
+
+    def call(self, image):
+        img = tf.cast(image, tf.float32)
+        hw = tf.cast(tf.shape(img)[1:3], tf.float32)
+        target = tf.constant(self.size, tf.float32)
+        scale = tf.reduce_min(target / hw)
+        new_hw = tf.cast(tf.round(hw * scale), tf.int32)
+        new_hw = tf.minimum(tf.maximum(new_hw, 1), tf.constant(self.size, tf.int32))
+        resized = tf.image.resize(img, new_hw, method="bilinear", antialias=False)
+        pad_h = self.size[0] - new_hw[0]
+        pad_w = self.size[1] - new_hw[1]
+        padded = tf.pad(resized, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        # a reshape (a TFLite builtin, unlike EnsureShape) gives the padded batch its static size
+        padded = tf.reshape(padded, [-1, self.size[0], self.size[1], 3])
+        batch = tf.shape(img)[0]
+        return padded, tf.fill([batch], scale)
+
+    def compute_output_spec(self, image):
+        return (keras.KerasTensor((image.shape[0], *self.size, 3), "float32"),
+                keras.KerasTensor((image.shape[0],), "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size)}

@@ -12,45 +12,14 @@ import numpy as np
 
 from kerapose.data.coco import CocoKeypoints
 from kerapose.evaluation import box_results, evaluate_boxes, evaluate_keypoints, keypoint_results
-from kerapose.skeleton import openpose18_to_coco17
 
-__all__ = ["ORACLE_CODECS", "run_oracle"]
+__all__ = ["oracle_codecs", "run_oracle"]
 
-ORACLE_CODECS = ("heatmap", "paf", "boxes", "prn")
+def oracle_codecs() -> list[str]:
+    """Every codec some family declares an oracle for (``kerapose oracle --codec``)."""
+    from kerapose.models.registry import oracle_codecs as codecs
 
-
-def _make(codec: str, keypoint_set: str, stride: int | None):
-    """codec name -> function(record) -> ("keypoints" | "boxes", values, scores)."""
-    if codec == "heatmap":
-        from kerapose.codecs.heatmap import HeatmapCodec, oracle_keypoints
-
-        hc = HeatmapCodec(keypoint_set, stride=stride or 4)
-        return lambda r: ("keypoints", *oracle_keypoints(hc, r))
-    if codec == "paf":
-        from kerapose.codecs.paf import PafCodec
-
-        pc = PafCodec(keypoint_set, stride=stride or 8)
-
-        def paf(r):
-            kp, sc = pc.oracle_keypoints(r)
-            if pc.keypoint_set.name == "openpose18" and keypoint_set != "openpose18":
-                kp = openpose18_to_coco17(kp)
-            return "keypoints", kp, sc
-
-        return paf
-    if codec == "boxes":
-        from kerapose.codecs.boxes import BoxCodec, oracle_boxes
-
-        bc = BoxCodec()
-        return lambda r: ("boxes", *oracle_boxes(bc, r))
-    if codec == "prn":
-        from kerapose.codecs.heatmap import HeatmapCodec
-        from kerapose.codecs.prn import PRNCodec, oracle_keypoints
-
-        hc = HeatmapCodec(keypoint_set, stride=stride or 4)
-        prn = PRNCodec(keypoint_set)
-        return lambda r: ("keypoints", *oracle_keypoints(prn, hc, r))
-    raise ValueError(f"unknown codec {codec!r}; accepted: {', '.join(ORACLE_CODECS)}")
+    return list(codecs())
 
 
 def run_oracle(
@@ -66,7 +35,12 @@ def run_oracle(
     Returns the COCO figures (keypoint AP for ``heatmap``, ``paf`` and ``prn``, box AP for
     ``boxes``) plus ``codec``, ``split``, ``images`` and, for keypoints, ``per_keypoint``.
     """
-    fn = _make(codec, keypoint_set, stride)
+    from kerapose.models.registry import oracle_codecs as codecs
+
+    families = codecs()
+    if codec not in families:
+        raise ValueError(f"unknown codec {codec!r}; accepted: {', '.join(families)}")
+    fn = families[codec].oracles[codec](keypoint_set, stride)
     ds = CocoKeypoints(data_root, split, keypoint_set=keypoint_set)
     bar = None
     if progress:

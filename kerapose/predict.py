@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from kerapose.skeleton import KeypointSet
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
@@ -70,30 +72,28 @@ class PosePredictor:
     """
 
     def __init__(self, run: Callable[[np.ndarray], dict], keypoint_set: str, source: str, kind: str,
-                 score_threshold: float = 0.3):
+                 score_threshold: float | None = 0.3):
         self._run = run
         self.keypoint_set = keypoint_set
         self.source = source
         self.kind = kind
-        self.score_threshold = float(score_threshold)
+        self.score_threshold = None if score_threshold is None else float(score_threshold)
 
     @classmethod
-    def load(cls, model: str, input_size: tuple[int, int] = (480, 480), max_people: int = 20,
-             score_threshold: float = 0.3, num_threads: int = 2) -> "PosePredictor":
+    def load(cls, model: str, input_size: tuple[int, int] | None = None, max_people: int = 20,
+             score_threshold: float | None = 0.3, num_threads: int = 2) -> "PosePredictor":
         """A predictor for ``model``: a built-in name (random weights), a ``.keras`` file, an
         end-to-end SavedModel directory, or an end-to-end ``.tflite`` / ``.onnx`` file.
 
-        ``input_size``, ``max_people`` apply to Keras models (exports fixed them at export time);
+        ``input_size`` (None: the model family's default), ``max_people`` apply to Keras models
+        (exports fixed them at export time);
         ``score_threshold`` applies to all (for exports, on top of the export's own threshold);
         ``num_threads`` to the TFLite and ONNX runtimes.
         """
-        from kerapose.models.registry import MODEL_BUILDERS
+        from kerapose.models.registry import load_any_model, model_names
 
         model = os.fspath(model)
-        if model in MODEL_BUILDERS or model.endswith(".keras"):
-            import kerapose.models.end_to_end  # noqa: F401  (registers the decoder layers of end-to-end .keras files)
-            from kerapose.models.registry import load_any_model
-
+        if model in model_names() or model.endswith(".keras"):
             return cls._from_keras(load_any_model(model), model, input_size, max_people, score_threshold)
         if not os.path.exists(model):
             raise FileNotFoundError(f"model not found: {model}")
@@ -110,17 +110,20 @@ class PosePredictor:
             runner = OnnxRunner(model, num_threads=num_threads)
             shapes = {o.name: o.shape for o in runner.session.get_outputs()}
             return cls._from_runner(runner, shapes, model, "onnx", score_threshold)
-        raise ValueError(f"{model!r}: not a built-in model ({', '.join(MODEL_BUILDERS)}), a .keras file, a "
+        raise ValueError(f"{model!r}: not a built-in model ({', '.join(model_names())}), a .keras file, a "
                          f"SavedModel directory, or a .tflite / .onnx file")
 
     @classmethod
     def _from_keras(cls, model, source: str, input_size, max_people: int, score_threshold: float):
         if callable(getattr(model, "predict_poses", None)):
-            hw = (int(input_size[0]), int(input_size[1]))
+            from kerapose.models.registry import family_of
+
+            hw = tuple(int(v) for v in input_size) if input_size else family_of(model).default_input_size
+
+            options = {"score_threshold": score_threshold} if score_threshold is not None else {}
 
             def run(img: np.ndarray) -> dict:
-                return model.predict_poses([img], input_size=hw, max_people=max_people,
-                                           score_threshold=score_threshold)[0]
+                return model.predict_poses([img], input_size=hw, max_people=max_people, **options)[0]
 
             return cls(run, model.keypoint_set.name, source, "keras", score_threshold)
         names = list(model.output.keys()) if isinstance(model.output, dict) else []
@@ -172,7 +175,7 @@ class PosePredictor:
         if img.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image, got dtype {img.dtype}")
         out = self._run(np.ascontiguousarray(img))
-        keep = np.asarray(out["scores"]) >= self.score_threshold
+        keep = np.asarray(out["scores"]) >= (self.score_threshold or 0.0)
         return {k: np.asarray(out[k], np.float32)[keep] for k in ("keypoints", "scores", "boxes")}
 
 
@@ -279,20 +282,43 @@ class _Outputs:
         return os.path.join(self.out, name)
 
 
-def _results(poses: dict, image_id: int, file_name: str, scale: float, frame: int | None = None) -> list[dict]:
-    """COCO-style result rows (keypoints flat, score, bbox x, y, w, h) in original pixels."""
-    from kerapose.evaluation import keypoint_results
+def _results(poses: dict, image_id: int, file_name: str, scale: float, frame: int | None = None,
+             keypoint_set: str | KeypointSet = "coco17") -> list[dict]:
+    """predictions.json rows for one image or frame, in original pixels: valid COCO keypoint results.
 
-    kp = poses["keypoints"].astype(np.float64).copy()
+    Each row: ``image_id``, ``category_id`` (1), ``keypoints`` (flat x, y, score), ``score``,
+    ``bbox`` (x, y, w, h), ``file_name`` (and ``frame`` for videos), ``keypoint_set`` (the
+    model's). ``keypoints`` are in the set :func:`kerapose.skeleton.coco_results_set` gives:
+    COCO-17 in COCO order for every person model (OpenPose-18's neck dropped), so the file
+    scores with pycocotools as it is; a model whose set differs from that also gets its own
+    keypoints, in its own order, as ``model_keypoints``. People with a NaN/inf value are left
+    out (with a ``RuntimeWarning``): JSON has no such numbers.
+    """
+    import warnings
+
+    from kerapose.evaluation import keypoint_results
+    from kerapose.skeleton import coco_results_set, convert_keypoints, get_keypoint_set
+
+    kset = get_keypoint_set(keypoint_set)
+    out_set = coco_results_set(kset)
+    kp = np.asarray(poses["keypoints"], np.float64).reshape(-1, kset.num_keypoints, 3).copy()
     kp[..., :2] /= scale
-    boxes = poses["boxes"].astype(np.float64) / scale
-    rows = keypoint_results(image_id, kp, poses["scores"])
-    finite = np.isfinite(kp).all(axis=(1, 2)) & np.isfinite(poses["scores"])
-    for row, (x1, y1, x2, y2) in zip(rows, boxes[finite]):
+    boxes = np.asarray(poses["boxes"], np.float64).reshape(-1, 4) / scale
+    scores = np.asarray(poses["scores"], np.float64).reshape(-1)
+    finite = np.isfinite(kp).all(axis=(1, 2)) & np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    if not finite.all():
+        warnings.warn(f"{file_name}: left out {int((~finite).sum())} pose(s) with NaN/inf values",
+                      RuntimeWarning, stacklevel=2)
+    kp, boxes, scores = kp[finite], boxes[finite], scores[finite]
+    rows = keypoint_results(image_id, convert_keypoints(kp, kset, out_set), scores)
+    for row, own, (x1, y1, x2, y2) in zip(rows, kp, boxes):
         row["bbox"] = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
         row["file_name"] = file_name
         if frame is not None:
             row["frame"] = frame
+        row["keypoint_set"] = kset.name
+        if out_set != kset:
+            row["model_keypoints"] = [float(v) for v in own.reshape(-1)]
     return rows
 
 
@@ -349,7 +375,8 @@ def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_p
                         break
                     rgb, scale = _limit_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_pixels)
                     poses = predictor(rgb)
-                    results += _results(poses, ids.get(), base, scale, frame=frames)
+                    results += _results(poses, ids.get(), base, scale, frame=frames,
+                                        keypoint_set=predictor.keypoint_set)
                     summary.people += len(poses["scores"])
                     if draw:
                         if writer is None:
@@ -388,7 +415,7 @@ def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_p
                     summary.resized.append({"path": path, "message": msg})
                     log(f"[kerapose] {msg}")
                 poses = predictor(img)
-                results += _results(poses, ids.get(stem), base, scale)
+                results += _results(poses, ids.get(stem), base, scale, keypoint_set=predictor.keypoint_set)
                 summary.images += 1
                 summary.people += len(poses["scores"])
                 if draw:
@@ -412,10 +439,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                                       "directory, or end-to-end .tflite / .onnx file")
     parser.add_argument("inputs", nargs="+", help="images, folders (not recursive) and videos (.mp4/.avi/.mov/.mkv)")
     parser.add_argument("--out", required=True, help="output folder: annotated images/videos, predictions.json")
-    parser.add_argument("--input-size", type=int, nargs=2, default=(480, 480), metavar=("H", "W"),
-                        help="network input for Keras models (multiples of 32)")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="network input of Keras models (default: the model family's; exports fixed theirs)")
     parser.add_argument("--max-people", type=int, default=20)
-    parser.add_argument("--score-threshold", type=float, default=0.3)
+    parser.add_argument("--score-threshold", type=float,
+                        help="minimum person score (default: the model's own, e.g. 0.3 for MultiPoseNet)")
     parser.add_argument("--threads", type=int, default=2, help="threads of the TFLite / ONNX runtimes")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help="images above this many pixels are downscaled first")
@@ -426,7 +454,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 def predict_main(args: argparse.Namespace) -> int:
     """Run ``kerapose predict``; 0 when at least one image or frame was processed, 2 otherwise."""
-    predictor = PosePredictor.load(args.model, input_size=tuple(args.input_size), max_people=args.max_people,
+    predictor = PosePredictor.load(args.model, input_size=args.input_size, max_people=args.max_people,
                                    score_threshold=args.score_threshold, num_threads=args.threads)
     summary = predict_paths(predictor, args.inputs, args.out, max_pixels=args.max_pixels, draw=not args.no_draw,
                             progress=not args.json)

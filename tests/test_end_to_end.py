@@ -87,7 +87,7 @@ def test_predict_poses_unpads_and_checks_input(model, image):
 def test_flip_test_and_multi_scale(model, image):
     import tensorflow as tf
 
-    from kerapose.models.end_to_end import HeatmapTestTimeAugment
+    from kerapose.models.multiposenet.end_to_end import HeatmapTestTimeAugment
 
     size = (128, 128)
     x = tf.random.uniform((1, *size, 3), 0, 255, seed=1)

@@ -484,6 +484,31 @@ def test_end_to_end_tflite_and_onnx_parity(e2e_savedmodel, e2e_keras, test_image
         lite(test_images[0][None].astype(np.float32))
 
 
+def test_end_to_end_tflite_fp16_matches_fp32(e2e_savedmodel, test_images, workdir):
+    """fp16 end to end (float16 weights, float decoder): no NaN (the peak refinement's epsilon
+    underflowed to 0 in float16 once). The random network's person scores lie within float16's
+    rounding of each other, so people near the threshold may come or go: every fp32 person is
+    matched to the fp16 person of highest box IoU, and at least half must have one above 0.9,
+    with keypoints whose median is within 1 px of fp32's."""
+    from kerapose.codecs.boxes import box_iou
+    from kerapose.export import TFLiteRunner, export_model
+
+    fp32 = TFLiteRunner(export_model(e2e_savedmodel, "tflite", str(workdir / "e2e32.tflite")))
+    fp16 = TFLiteRunner(export_model(e2e_savedmodel, "tflite", str(workdir / "e2e16.tflite"), quantize="fp16"))
+    for img in test_images:
+        a, b = fp32(img[None]), fp16(img[None])
+        assert all(np.isfinite(b[k]).all() for k in ("keypoints", "scores", "boxes"))
+        n, m = int(a["num_poses"][0]), int(b["num_poses"][0])
+        assert n >= 3 and m >= 1
+        iou = box_iou(a["boxes"][0, :n].astype(np.float64), b["boxes"][0, :m].astype(np.float64))
+        best, j = iou.max(1), iou.argmax(1)
+        same = best > 0.9
+        err = np.linalg.norm(a["keypoints"][0, :n][same, :, :2] - b["keypoints"][0, :m][j[same], :, :2], axis=-1)
+        print(f"fp16 vs fp32 end to end: {n} / {m} people, {same.sum()} matched, keypoints median "
+              f"{np.median(err):.3f} px")
+        assert same.mean() >= 0.5 and np.median(err) <= 1.0
+
+
 # ----------------------------------------------------------------------------- PafBaseline
 def test_paf_baseline_exports_to_all_formats(test_images, workdir):
     import keras

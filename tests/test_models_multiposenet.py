@@ -9,7 +9,7 @@ import pytest
 
 import kerapose
 from kerapose.backbones.resnet import resnet_backbone
-from kerapose.backbones.weights import load_applications_weights, read_h5_weights
+from kerapose.weights.applications import load_applications_weights, read_h5_weights
 from kerapose.cli import main as cli_main
 from kerapose.heads.prn import pose_residual_network
 from kerapose.layers import Preprocess

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import yaml
 
-from kerapose.train import load_config, train
+from kerapose.training.recipe import load_recipe as load_config
+from kerapose.training.runner import train
 
 # The smallest MultiPoseNet the recipes accept; the keypoint stage has dict targets (the case that
 # broke Keras 3's multi-worker fit) and batch norm, the PRN stage dropout and a partial last

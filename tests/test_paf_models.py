@@ -11,7 +11,7 @@ import pytest
 
 import kerapose  # noqa: F401  (registers the custom objects for load_model)
 from kerapose.backbones.vgg import vgg19_backbone
-from kerapose.models.paf_models import FeatureTransferNet, MultiLevelNet, PafBaseline, module_weight_counts
+from kerapose.models.paf.networks import FeatureTransferNet, MultiLevelNet, PafBaseline, module_weight_counts
 
 PAPER_FTN_WEIGHTS = 21_278_912
 J, L = 19, 38  # openpose18: 18 parts + background, 19 limbs

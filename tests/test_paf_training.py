@@ -26,10 +26,12 @@ from kerapose.data.coco import ImageRecord
 from kerapose.data.paf_targets import PafTargets, supervised_outputs
 from kerapose.data.pipeline import read_image
 from kerapose.models import FeatureTransferNet
-from kerapose.models.paf_tta import PafMultiScale, multiscale_maps, paf_flip_permutation
+from kerapose.models.paf.tta import PafMultiScale, multiscale_maps, paf_flip_permutation
 from kerapose.skeleton import COCO17, OPENPOSE18, coco17_to_openpose18
-from kerapose.train import load_config, train
-from kerapose.train_paf import CaffeSGD, _val_augment, build_paf_model, evaluate_paf_model
+from kerapose.models.paf.recipe import build_paf_model, evaluate_paf_model, val_augment
+from kerapose.training.optimizers import CaffeSGD
+from kerapose.training.recipe import load_recipe as load_config
+from kerapose.training.runner import train
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "configs"
 # Two coco-mini train images with one clearly visible person each (the GT round trip through
@@ -83,7 +85,7 @@ def test_paf_flip_permutation_matches_names():
 
 
 def crop_of(record, image, size=(128, 160)):
-    return augment(record, image, _val_augment(size, 128), np.random.default_rng(0), "coco17")
+    return augment(record, image, val_augment(size, 128), np.random.default_rng(0), "coco17")
 
 
 @pytest.fixture(scope="module")
@@ -306,13 +308,13 @@ def test_paf_recipe_errors(tmp_path):
     with pytest.raises(ValueError, match=r"stages\[0\].name is 'keypoints'; accepted: paf"):
         load_config(str(bad))
     bad.write_text("model: {name: ftn, input_size: [100, 100]}\ndata: {root: x}\nstages: [{name: paf, epochs: 1}]\n")
-    with pytest.raises(ValueError, match="input_size must be"):
+    with pytest.raises(ValueError, match="model: input_size: expected \\[H, W\\], positive multiples of 8"):
         load_config(str(bad))
     bad.write_text("model: {name: ftn}\ndata: {root: x}\nstages: [{name: paf, epochs: 1, lr: 1}]\n")
-    with pytest.raises(ValueError, match=r"stages\[0\] has unknown keys \['lr'\]"):
+    with pytest.raises(ValueError, match=r"stages\[0\]: unknown key lr; accepted: batch_size"):
         load_config(str(bad))
     bad.write_text("model: {name: ftn}\ndata: {root: x}\nstages: [{name: paf, epochs: 1}]\nevaluate: {scale: [1]}\n")
-    with pytest.raises(ValueError, match=r"evaluate has unknown keys \['scale'\]"):
+    with pytest.raises(ValueError, match=r"evaluate: unknown key scale; accepted: .*scales"):
         load_config(str(bad))
     bad.write_text("model: {name: ftn}\ndata: {root: x}\nstages: [{name: paf, epochs: 1}]\naugment: {center: x}\n")
     with pytest.raises(ValueError, match="augment: center: expected one of"):

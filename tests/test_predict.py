@@ -15,7 +15,7 @@ HW = (128, 128)
 
 @pytest.fixture(scope="module")
 def tiny_keras(tmp_path_factory) -> str:
-    from kerapose.models.multiposenet import MultiPoseNet
+    from kerapose.models.multiposenet.network import MultiPoseNet
 
     model = MultiPoseNet("resnet18", fpn_size=32, keypoint_head_size=16, keypoint_fuse_size=32, prn_hidden=16)
     path = str(tmp_path_factory.mktemp("model") / "tiny.keras")
@@ -105,6 +105,38 @@ def _load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_openpose18_model_writes_coco17_results(val_images, coco_mini_root, tmp_path):
+    """An 18-keypoint (OpenPose) model's predictions.json loads in pycocotools as it is (it used to
+    fail: "operands could not be broadcast together with shapes (18,) (17,)")."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from kerapose.predict import PosePredictor, predict_paths
+
+    def run(img: np.ndarray) -> dict:  # one person spread over the image, OpenPose-18 order
+        h, w = img.shape[:2]
+        t = np.linspace(0.1, 0.9, 18)
+        kp = np.stack([t * w, t[::-1] * h, np.full(18, 0.8)], -1)[None].astype(np.float32)
+        return {"keypoints": kp, "scores": np.array([0.7], np.float32),
+                "boxes": np.array([[0.1 * w, 0.1 * h, 0.9 * w, 0.9 * h]], np.float32)}
+
+    fake = PosePredictor(run, keypoint_set="openpose18", source="fake", kind="keras", score_threshold=0.0)
+    summary = predict_paths(fake, val_images, str(tmp_path / "out"), draw=False, progress=False)
+    rows = json.load(open(summary.predictions))
+    assert len(rows) == 3
+    for row in rows:
+        assert row["keypoint_set"] == "openpose18" and len(row["keypoints"]) == 17 * 3
+        own = np.asarray(row["model_keypoints"]).reshape(18, 3)
+        coco = np.asarray(row["keypoints"]).reshape(17, 3)
+        np.testing.assert_allclose(coco[[5, 6]], own[[5, 2]], rtol=1e-6)  # left/right shoulder, COCO order
+    gt = COCO(str(coco_mini_root / "annotations" / "person_keypoints_val2017.json"))
+    ev = COCOeval(gt, gt.loadRes(summary.predictions), "keypoints")
+    ev.params.imgIds = sorted({r["image_id"] for r in rows})
+    ev.evaluate()
+    ev.accumulate()
+    assert ev.eval["precision"].shape[0] == 10  # evaluated, no broadcasting error
 
 
 def test_keras_and_tflite_give_the_same_people(tiny_keras, predictor, val_images, tmp_path, capsys):

@@ -60,3 +60,43 @@ def test_custom_keypoint_set_and_errors():
         get_keypoint_set("nope")
     with pytest.raises(ValueError, match="not in set"):
         COCO17.index("tail")
+
+
+def test_keypoint_mapping_is_declared_by_names_and_derived_keypoints():
+    from kerapose.skeleton import coco_results_set, convert_keypoints, keypoint_mapping
+
+    to_coco = keypoint_mapping("openpose18", "coco17")
+    assert [OPENPOSE18.keypoints[i] for (i,) in to_coco] == list(COCO17.keypoints)  # neck dropped
+    to_op = keypoint_mapping(COCO17, OPENPOSE18)
+    assert to_op[1] == (COCO17.index("left_shoulder"), COCO17.index("right_shoulder"))  # the neck, derived
+    assert all(len(m) == 1 for j, m in enumerate(to_op) if j != 1)
+    # the third channel (visibility or score): a derived keypoint takes the lower of its sources'
+    kp = np.random.default_rng(1).uniform(1, 50, (2, 17, 3))
+    op = convert_keypoints(kp.astype(np.float32), "coco17", "openpose18")
+    assert op.dtype == np.float32 and op.shape == (2, 18, 3)
+    np.testing.assert_allclose(op[:, 1, 2], np.minimum(kp[:, 5, 2], kp[:, 6, 2]), rtol=1e-6)
+    five = convert_keypoints(np.ones((4, 18, 5)), "openpose18", "coco17")  # copies keep every channel
+    assert five.shape == (4, 17, 5)
+    with pytest.raises(ValueError, match="needs \\(x, y, v\\)"):
+        convert_keypoints(np.ones((17, 2)), "coco17", "openpose18")
+    with pytest.raises(ValueError, match=r"expected \[..., 17, C\]"):
+        convert_keypoints(np.ones((18, 3)), "coco17", "openpose18")
+
+    # a custom set: shares some names with COCO, derives a pelvis; a partial set keeps its own rows
+    body = KeypointSet("test_body5", ("nose", "left_hip", "right_hip", "pelvis", "tail"), (), (), (0.1,) * 5,
+                       derived=(("pelvis", ("left_hip", "right_hip")),))
+    from_coco = convert_keypoints(kp, COCO17, body)
+    np.testing.assert_allclose(from_coco[:, 3, :2], (kp[:, 11, :2] + kp[:, 12, :2]) / 2)
+    assert (from_coco[:, 4] == 0).all()  # COCO has no tail: missing
+    back = convert_keypoints(from_coco, body, COCO17)
+    np.testing.assert_allclose(back[:, [0, 11, 12]], kp[:, [0, 11, 12]])
+    assert (back[:, 1:11] == 0).all()
+    assert coco_results_set(body) is body  # not every COCO keypoint: results stay in its own set
+    assert coco_results_set(OPENPOSE18) is COCO17 and coco_results_set("coco17") is COCO17
+    hand = KeypointSet("test_hand2", ("wrist", "thumb"), (), (), (0.1, 0.1))
+    with pytest.raises(ValueError, match="share no keypoint"):
+        convert_keypoints(np.ones((1, 2, 3)), hand, COCO17)
+    with pytest.raises(ValueError, match="derived keypoint 'neck' is not in the set"):
+        KeypointSet("bad", ("a",), (), (), (0.1,), derived=(("neck", ("a",)),))
+    with pytest.raises(ValueError, match="derived entries"):
+        KeypointSet("bad", ("a",), (), (), (0.1,), derived=(("a", ()),))

@@ -8,7 +8,9 @@ from pathlib import Path
 import keras
 import pytest
 
-from kerapose.train import load_config, precision_policy, train
+from kerapose.training.precision import precision_policy
+from kerapose.training.recipe import load_recipe as load_config
+from kerapose.training.runner import train
 
 RECIPES = Path(__file__).resolve().parents[1] / "training" / "configs"
 
@@ -25,38 +27,44 @@ def test_recipes_load():
 
 
 _KP = "stages: [{name: keypoints, epochs: 1}]\ndata: {root: x}\n"
-_BAD_RECIPES = [  # (recipe text, the error it must raise)
+_BAD_RECIPES = [  # (recipe text, the error it must raise: the file, the section and key, what is accepted)
     ("model: {backbone: resnet18}\nstages: [{name: warmup, epochs: 1}]\ndata: {root: x}\n",
-     r"stages\[0\].name is 'warmup'"),
-    ("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n", r"unknown keys \['learning_rate'\]"),
+     r"bad.yaml: stages\[0\].name is 'warmup'; accepted: keypoints, persons, prn"),
+    ("stages: [{name: keypoints, epochs: 1}]\nlearning_rate: 1\n",
+     r"bad.yaml: unknown key learning_rate; accepted: augment, batch_size, data, evaluate"),
     ("stages: [{name: keypoints, epochs: 1, schedule: linear}]\ndata: {root: x}\n",
-     r"stages\[0\].schedule is 'linear'; accepted: plateau, cosine"),
+     r"stages\[0\].keypoints.schedule: Input should be 'plateau' or 'cosine'"),
     ("stages: [{name: keypoints, epochs: 1}]\n", "data.root"),
     ("stages: [{name: keypoints, epochs: 1, learning_rat: 1.0e-3}]\ndata: {root: x}\n",
-     r"stages\[0\] has unknown keys \['learning_rat'\]"),
+     r"stages\[0\].keypoints: unknown key learning_rat; accepted: batch_size, epochs, .*learning_rate"),
     ("stages: [{name: keypoints, epochs: 1, inputs: network}]\ndata: {root: x}\n",
-     r"stages\[0\].inputs is a prn-stage option"),
+     r"stages\[0\].keypoints: unknown key inputs; accepted:"),
     ("stages: [{name: prn, epochs: 1, inputs: detections}]\ndata: {root: x}\n",
-     "annotations or network, got 'detections'"),
+     r"stages\[0\].prn.inputs: Input should be 'annotations' or 'network'"),
     ("stages: [{name: prn, epochs: 1, boxes: detections}]\ndata: {root: x}\n",
-     r"stages\[0\].boxes is an option of a prn stage with inputs: network.*got 'detections' on a prn stage "
-     "with inputs: annotations"),
+     r"stages\[0\].prn: boxes: detections crops the network's heatmaps: it needs inputs: network"),
     ("stages: [{name: prn, epochs: 1, inputs: network, boxes: found}]\ndata: {root: x}\n",
-     "one of annotations, detections; got 'found'"),
-    (_KP + "evaluate: {pose_score: mean}\n", "evaluate.pose_score: expected one of box, box_keypoints, got 'mean'"),
-    (_KP + "model: {pose_score: 1}\n", "model.pose_score: expected one of box, box_keypoints, got 1"),
-    (_KP + "mixed_precision: half\n", "expected false, 'float32', true, 'float16' or 'bfloat16', got 'half'"),
-    (_KP + "evaluate: {flip: true}\n", r"evaluate has unknown keys \['flip'\]"),
-    (_KP + "targets: {sigma: 0}\n", "targets.sigma must be > 0"),
+     r"stages\[0\].prn.boxes: Input should be 'annotations' or 'detections'"),
+    (_KP + "evaluate: {pose_score: mean}\n", r"evaluate.pose_score: Input should be 'box' or 'box_keypoints'"),
+    (_KP + "model: {pose_score: 1}\n", r"model.pose_score: Input should be 'box' or 'box_keypoints'"),
+    (_KP + "model: {backbone: resnet18, fpn_sise: 8}\n", r"model: unknown key fpn_sise; accepted: backbone, .*fpn_size"),
+    (_KP + "model: {input_size: [100, 128]}\n", r"model.input_size: .*multiples of 32, got \[100, 128\]"),
+    (_KP + "mixed_precision: half\n", "mixed_precision: expected false, 'float32', true, 'float16' or 'bfloat16', got 'half'"),
+    (_KP + "evaluate: {flip: true}\n", r"evaluate: unknown key flip; accepted: flip_test, max_people"),
+    (_KP + "targets: {sigma: 0}\n", "targets.sigma: Input should be greater than 0"),
+    (_KP + "augment: {rotation: 3}\n", "augment: unknown key rotation; accepted: .*rotation_deg"),
+    (_KP + "data: {root: x, synthetic: {num_trian: 3}}\n", "data.synthetic: unknown key num_trian; accepted:"),
     ("stages: [{name: keypoints, epochs: 1, warmup_steps: 10}]\ndata: {root: x}\n",
-     r"stages\[0\].warmup_steps needs schedule: cosine, got schedule: plateau"),
+     r"stages\[0\].keypoints: warmup_steps needs schedule: cosine, got schedule: plateau"),
     ("stages: [{name: keypoints, epochs: 1, schedule: cosine, warmup_steps: -1}]\ndata: {root: x}\n",
-     r"stages\[0\].warmup_steps: expected an integer >= 0, got -1"),
+     r"stages\[0\].keypoints.warmup_steps: Input should be greater than or equal to 0"),
+    ("model: {name: openpose}\nstages: [{name: paf, epochs: 1}]\ndata: {root: x}\n",
+     "model.name: no training recipe for model 'openpose'; accepted: multiposenet, paf-baseline, ftn, mln"),
 ]
 
 
 def test_cosine_schedule_with_warmup():
-    from kerapose.train import _optimizer
+    from kerapose.training.optimizers import stage_optimizer as _optimizer
 
     opt = _optimizer({"learning_rate": 2e-3, "schedule": "cosine", "warmup_steps": 10}, total_steps=110)
     # a linear ramp from 1 % to the peak over 10 steps, then a cosine down to 1 % at step 110
@@ -89,7 +97,8 @@ def test_config_missing_file_and_precision_policies(tmp_path):
 _KILLED_RUN = """
 import os, signal, sys
 import keras
-from kerapose.train import load_config, train
+from kerapose.training.recipe import load_recipe as load_config
+from kerapose.training.runner import train
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerapose.backbones.weights import load_applications_weights
+from kerapose.weights.applications import load_applications_weights
 from kerapose.layers import Preprocess, SizeCheck
 
 __all__ = ["vgg19_backbone", "scaled_width", "VGG19_CONV_LAYERS", "CPM_LAYERS", "VGG_STRIDE", "VGG_OUTPUTS"]

@@ -207,8 +207,8 @@ class HeatmapCodec:
             centre = tf.gather(flat_logs, pos)
             ok_l, ok_r = x > 0, x < w - 1
             ok_u, ok_d = y > 0, y < h - 1
-            fx += _parabola_offset_tf(at(-1, ok_l), centre, at(1, ok_r), ok_l & ok_r)
-            fy += _parabola_offset_tf(at(-w, ok_u), centre, at(w, ok_d), ok_u & ok_d)
+            fx += parabola_offset_tf(at(-1, ok_l), centre, at(1, ok_r), ok_l & ok_r)
+            fy += parabola_offset_tf(at(-w, ok_u), centre, at(w, ok_d), ok_u & ok_d)
         s = float(self.stride)
         half = (s - 1.0) / 2.0
         xy = tf.stack([fx * s + half, fy * s + half], axis=-1)
@@ -220,10 +220,10 @@ def _parabola_offset(lg: np.ndarray, y, x, dy: int, dx: int, ok_lo, ok_hi) -> np
     ok = ok_lo & ok_hi
     ylo, xlo = np.where(ok, y - dy, y), np.where(ok, x - dx, x)
     yhi, xhi = np.where(ok, y + dy, y), np.where(ok, x + dx, x)
-    return _vertex(lg[ylo, xlo], lg[y, x], lg[yhi, xhi], ok)
+    return parabola_vertex(lg[ylo, xlo], lg[y, x], lg[yhi, xhi], ok)
 
 
-def _vertex(lo, c, hi, ok):
+def parabola_vertex(lo, c, hi, ok):
     lo, c, hi = (np.asarray(a, np.float32) for a in (lo, c, hi))
     curv = lo - np.float32(2.0) * c + hi
     good = ok & (curv < 0)
@@ -231,11 +231,14 @@ def _vertex(lo, c, hi, ok):
     return np.where(good, np.clip(off, -0.5, 0.5), np.float32(0.0)).astype(np.float32)
 
 
-def _parabola_offset_tf(lo, c, hi, ok):
+def parabola_offset_tf(lo, c, hi, ok):
     import tensorflow as tf
 
     curv = lo - 2.0 * c + hi
-    good = tf.logical_and(ok, curv < 0.0)
+    # Logs of heatmaps clamped at LOG_EPS lie above -24, so |curv| < 50 in float32. A float16
+    # export stores LOG_EPS = 1e-10 as 0: a neighbour at or below 0 then has log -inf and curv
+    # -inf, and the vertex would be inf / inf = NaN; such a peak keeps its cell centre instead.
+    good = tf.logical_and(ok, tf.logical_and(curv < 0.0, curv > -1000.0))
     off = 0.5 * (lo - hi) / tf.where(good, curv, -tf.ones_like(curv))
     return tf.where(good, tf.clip_by_value(off, -0.5, 0.5), tf.zeros_like(off))
 

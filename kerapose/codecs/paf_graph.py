@@ -113,7 +113,7 @@ def _limb_scores(xy, valid, pafs, limbs: np.ndarray, stride: int, height, num_sa
     (ax, bx), (ay, by) = ends(px), ends(py)
     dx, dy = bx - ax, by - ay  # [B, L, k, k]
     length = tf.sqrt(dx * dx + dy * dy)
-    inv = 1.0 / tf.maximum(length, 1e-9)
+    inv = 1.0 / tf.maximum(length, 1e-3)  # 1e-3: a float16 export keeps it (1e-9 becomes 0)
     unit = tf.expand_dims(tf.stack([dx * inv, dy * inv], axis=-1), 4)  # [B, L, k, k, 1, 2]
     s = float(stride)
     t = tf.constant(np.linspace(0.0, 1.0, num_samples), tf.float32)  # ends included

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from kerapose.codecs.grid import pixel_to_cell
-from kerapose.codecs.heatmap import LOG_EPS, _parabola_offset_tf, _vertex
+from kerapose.codecs.heatmap import LOG_EPS, parabola_offset_tf, parabola_vertex
 from kerapose.skeleton import KeypointSet, get_keypoint_set
 
 __all__ = ["PRNCodec", "oracle_keypoints", "ideal_keypoints", "pose_scores"]
@@ -329,8 +329,8 @@ class PRNCodec:
 
             centre = logs[n_i, v, u, k_i]
             ok_l, ok_r, ok_u, ok_d = u > 0, u < cw - 1, v > 0, v < ch - 1
-            fu = fu + _vertex(at(0, -1, ok_l), centre, at(0, 1, ok_r), ok_l & ok_r)
-            fv = fv + _vertex(at(-1, 0, ok_u), centre, at(1, 0, ok_d), ok_u & ok_d)
+            fu = fu + parabola_vertex(at(0, -1, ok_l), centre, at(0, 1, ok_r), ok_l & ok_r)
+            fv = fv + parabola_vertex(at(-1, 0, ok_u), centre, at(1, 0, ok_d), ok_u & ok_d)
         xy = self.from_grid(np.stack([fu, fv], axis=-1).astype(np.float64), b)
         return np.concatenate([xy, score[..., None].astype(np.float64)], axis=-1)
 
@@ -360,8 +360,8 @@ class PRNCodec:
 
             centre = tf.gather(flat_logs, pos)
             ok_l, ok_r, ok_u, ok_d = ui > 0, ui < cw - 1, vi > 0, vi < ch - 1
-            u += _parabola_offset_tf(at(-1, ok_l), centre, at(1, ok_r), ok_l & ok_r)
-            v += _parabola_offset_tf(at(-cw, ok_u), centre, at(cw, ok_d), ok_u & ok_d)
+            u += parabola_offset_tf(at(-1, ok_l), centre, at(1, ok_r), ok_l & ok_r)
+            v += parabola_offset_tf(at(-cw, ok_u), centre, at(cw, ok_d), ok_u & ok_d)
         x1, y1, x2, y2 = tf.unstack(b, 4, axis=-1)
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
         grow = 1.0 + 2.0 * self.margin

@@ -9,8 +9,10 @@ number of parallel calls. Unreadable images and malformed annotations are skippe
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -27,7 +29,7 @@ from kerapose.losses import pack_box_targets, pack_weights
 from kerapose.skeleton import get_keypoint_set
 
 __all__ = [
-    "SkipCounter", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset",
+    "SkipCounter", "report_annotation_issues", "read_image", "MultiPoseNetTargets", "keypoint_dataset", "prn_dataset",
     "annotation_prn_pairs", "network_prn_pairs", "PRN_PAIR_BOXES",
 ]
 
@@ -57,6 +59,21 @@ class SkipCounter:
         with self._lock:
             self.counts.clear()
             self.examples.clear()
+
+
+def report_annotation_issues(coco: CocoKeypoints, log: Callable[[str], None] | None = None) -> bool:
+    """Print the broken annotations the dataset skipped or repaired while loading
+    (``coco.annotation_issues``: kind, count, one example with file and annotation id), once
+    per dataset object, so once per run however many pipelines are built on it. True if printed."""
+    issues = getattr(coco, "annotation_issues", None)
+    if not issues or issues.reported:
+        return False
+    issues.reported = True
+    head = (f"[kerapose] {coco.ann_file}: {issues.skipped_annotations} annotation(s) skipped, "
+            f"{issues.repairs} repair(s), {issues.skipped_images} image(s) skipped")
+    lines = "\n".join(f"  {line}" for line in issues.report().splitlines())
+    (log or (lambda msg: print(msg, flush=True)))(f"{head}\n{lines}")
+    return True
 
 
 def read_image(path: str) -> np.ndarray:
@@ -179,6 +196,7 @@ def keypoint_dataset(
     if tuple(cfg.output_size) != targets.input_size:
         raise ValueError(f"augment output_size {tuple(cfg.output_size)} != target input_size {targets.input_size}")
     skips = skips if skips is not None else SkipCounter()
+    report_annotation_issues(coco)
     ids = list(coco.image_ids)
     if only_with_keypoints:
         ids = [i for i in ids if len(coco.coco.getAnnIds(imgIds=[i]))]
@@ -285,32 +303,64 @@ def prn_dataset(
     flip: bool = True,
     repeat: bool = True,
     pairs: tuple[np.ndarray, np.ndarray] | None = None,
+    sharded: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """PRN training pairs, with horizontal flips as augmentation. Returns (dataset, num_pairs).
 
     By default the pairs come from the annotations (input: everyone's keypoints in the owner's
     box, rendered by ``codec``; target: the owner's), as in the paper; ``pairs`` gives other
-    ``(inputs, targets)`` arrays instead, e.g. :func:`network_prn_pairs`.
+    ``(inputs, targets)`` arrays instead, e.g. :func:`network_prn_pairs` (memory-mapped files
+    included: batches are read from them as they are needed, so memory stays at a few batches
+    whatever the number of pairs). ``flip`` adds every pair mirrored (the crop grid flipped and
+    the left/right channels swapped), made batch by batch, not stored. ``sharded``: the pairs
+    are this worker's own share (tf.data must not shard them again).
     """
     if pairs is None:
         pairs = annotation_prn_pairs(coco, codec)
-    x, y = (np.asarray(a, np.float32) for a in pairs)
-    if flip:
-        # mirror the crop grid and swap left/right channels: the same pair seen flipped
-        perm = codec.keypoint_set.flip_index
-        x = np.concatenate([x, x[:, :, ::-1][..., perm]])
-        y = np.concatenate([y, y[:, :, ::-1][..., perm]])
-    n = len(x)
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    return _prefetched(ds.batch(batch_size), repeat), n
+    x, y = pairs
+    m = len(x)
+    n = 2 * m if flip else m
+    perm = np.asarray(codec.keypoint_set.flip_index)
+
+    def take(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        src = idx % m
+        order = np.argsort(src, kind="stable")  # read memory-mapped files front to back
+        rows = np.empty_like(order)
+        rows[order] = np.arange(len(order))
+        xb = np.asarray(x[src[order]], np.float32)[rows]
+        yb = np.asarray(y[src[order]], np.float32)[rows]
+        mirrored = idx >= m
+        if mirrored.any():
+            xb[mirrored] = xb[mirrored][:, :, ::-1][..., perm]
+            yb[mirrored] = yb[mirrored][:, :, ::-1][..., perm]
+        return xb, yb
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        if not repeat:
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            for s in range(0, n, batch_size):
+                yield take(order[s:s + batch_size])
+            return
+        stream = np.zeros(0, np.int64)  # full batches across epoch boundaries
+        while True:
+            while len(stream) < batch_size:
+                stream = np.concatenate([stream, rng.permutation(n) if shuffle else np.arange(n)])
+            yield take(stream[:batch_size])
+            stream = stream[batch_size:]
+
+    spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+    ds = tf.data.Dataset.from_generator(batches, output_signature=(spec, spec))
+    if sharded:
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+    return _prefetched(ds, repeat), n
 
 
 def annotation_prn_pairs(coco: CocoKeypoints, codec: PRNCodec) -> tuple[np.ndarray, np.ndarray]:
     """The paper's PRN pairs: ``(inputs, targets)`` ``[M, ch, cw, K]`` rendered from the annotations."""
+    report_annotation_issues(coco)
     xs, ys = [], []
     for rec in coco:
         if not len(rec.keypoints):
@@ -350,6 +400,8 @@ def network_prn_pairs(
     progress: bool = True,
     boxes: str = "annotations",
     match_iou: float = 0.5,
+    out: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """PRN pairs whose inputs are the trained keypoint subnet's own heatmaps.
 
@@ -366,17 +418,28 @@ def network_prn_pairs(
     ``person_logits`` and ``person_boxes``, e.g. the whole MultiPoseNet): each person takes the
     detection of highest IoU with its box if that IoU is at least ``match_iou``, its
     ground-truth box otherwise. The PRN then sees crops shifted and scaled as at inference.
+
+    ``out``: a folder where the pairs go as float16 ``.npy`` files, written batch by batch and
+    returned memory-mapped, so memory stays at one batch whatever the dataset's size (the
+    quickstart's 4000 images make about 1.6 GB of float32 pairs); a folder that already holds a
+    finished set is reused (a resumed run does not compute them again). ``shard``:
+    ``(workers, index)``: this worker computes the pairs of its share of the images only.
     """
-    from kerapose.models.end_to_end import Letterbox
+    from kerapose.layers import Letterbox
 
     if boxes not in PRN_PAIR_BOXES:
         raise ValueError(f"boxes: expected one of {', '.join(PRN_PAIR_BOXES)}, got {boxes!r}")
+    if out is not None and os.path.isfile(os.path.join(out, "count.json")):
+        return _open_pairs(out)
     k = codec.num_channels
     letterbox = Letterbox(tuple(input_size))
     box_codec = BoxCodec() if boxes == "detections" else None
-    xs, ys = [], []
-    pending: list[tuple] = []  # (record, network image, scale) waiting for a batch
     records = [rec for rec in coco if len(rec.keypoints)]
+    if shard is not None:
+        records = records[int(shard[1])::int(shard[0])]
+    sink = _PairSink(out, sum(len(codec.pair_persons(r)) for r in records), (*codec.input_hw, k))
+    xs, ys = sink.xs, sink.ys
+    pending: list[tuple] = []  # (record, network image, scale) waiting for a batch
     bar = None
     if progress:
         import keras
@@ -401,6 +464,7 @@ def network_prn_pairs(
             crop_boxes.append(np.asarray(rec.boxes, np.float64)[persons] * scale)
             index.append(np.full(len(persons), i, np.int32))
         xs.append(codec.crop(heat, np.concatenate(crop_boxes), stride, image_index=np.concatenate(index)))
+        sink.flush()
         pending.clear()
 
     for n, rec in enumerate(records):
@@ -419,6 +483,50 @@ def network_prn_pairs(
             bar.update(n + 1)
     if pending:
         flush()
-    if not ys:
+    if not sink.count:
         raise ValueError(f"{coco.ann_file}: no readable images with annotated persons to build PRN pairs from")
-    return np.concatenate(xs), np.concatenate(ys)
+    return sink.close()
+
+
+class _PairSink:
+    """Where :func:`network_prn_pairs` puts its pairs: lists joined at the end, or (``out``)
+    float16 ``.npy`` files pre-sized to ``capacity`` pairs, filled batch by batch and finished by
+    an atomic ``count.json`` (the pairs written; unreadable images leave the rest unused)."""
+
+    def __init__(self, out: str | None, capacity: int, shape: tuple[int, ...]):
+        self.out, self.count = out, 0
+        self.xs: list[np.ndarray] = []
+        self.ys: list[np.ndarray] = []
+        if out is not None:
+            os.makedirs(out, exist_ok=True)
+            self.files = [np.lib.format.open_memmap(os.path.join(out, f"{name}.npy"), mode="w+", dtype=np.float16,
+                                                    shape=(max(1, capacity), *shape)) for name in ("x", "y")]
+
+    def flush(self) -> None:
+        if self.out is None:
+            self.count = sum(len(y) for y in self.ys)
+            return
+        for f, parts in zip(self.files, (self.xs, self.ys)):
+            block = np.concatenate(parts)
+            f[self.count:self.count + len(block)] = block
+            parts.clear()
+        self.count += len(block)
+
+    def close(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.out is None:
+            return np.concatenate(self.xs), np.concatenate(self.ys)
+        for f in self.files:
+            f.flush()
+        self.files.clear()
+        with open(os.path.join(self.out, "count.json.tmp"), "w") as fh:
+            json.dump({"pairs": self.count}, fh)
+        os.replace(os.path.join(self.out, "count.json.tmp"), os.path.join(self.out, "count.json"))
+        return _open_pairs(self.out)
+
+
+def _open_pairs(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """The finished pairs of a :class:`_PairSink` folder, memory-mapped read-only."""
+    with open(os.path.join(folder, "count.json")) as fh:
+        n = int(json.load(fh)["pairs"])
+    x, y = (np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r")[:n] for name in ("x", "y"))
+    return x, y

@@ -56,14 +56,24 @@ def _size_multiple(model: keras.Model) -> int | None:
     return None
 
 
+def _family_size(model: keras.Model) -> tuple[int, int]:
+    from kerapose.models.registry import family_of
+
+    try:
+        return family_of(model).export_input_size
+    except ValueError:  # not a task model (e.g. a bare backbone)
+        return DEFAULT_INPUT_SIZE
+
+
 def resolve_input_size(model: keras.Model, input_size=None) -> tuple[int, int]:
-    """The (H, W) the export fixes: ``input_size``, else the model's static size, else 480x480."""
+    """The (H, W) the export fixes: ``input_size``, else the model's static size, else its
+    family's export size (:attr:`kerapose.models.family.ModelFamily.export_input_size`), else 480x480."""
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4 or model.inputs[0].shape[-1] != 3:
         shapes = [tuple(t.shape) for t in model.inputs]
         raise ValueError(f"export expects an image model with one input [B, H, W, 3], got inputs {shapes}")
     static = _static_input_hw(model)
     if input_size is None:
-        input_size = static if None not in static else DEFAULT_INPUT_SIZE
+        input_size = static if None not in static else _family_size(model)
     try:
         h, w = (int(v) for v in input_size)
     except (TypeError, ValueError):

@@ -1,8 +1,6 @@
-"""Task models."""
+"""Task models, one package per family (:mod:`kerapose.models.registry` lists them)."""
 
 from kerapose.models.multiposenet import MultiPoseNet
-from kerapose.models.paf_models import FeatureTransferNet, MultiLevelNet, PafBaseline
-from kerapose.models.paf_mobilenet import PafMobileNetV2
-from kerapose.models import paf_end_to_end  # noqa: E402,F401  (registers the PAF end-to-end layers)
+from kerapose.models.paf import FeatureTransferNet, MultiLevelNet, PafBaseline, PafMobileNetV2
 
 __all__ = ["MultiPoseNet", "PafBaseline", "FeatureTransferNet", "MultiLevelNet", "PafMobileNetV2"]

@@ -14,6 +14,11 @@ send nested-list pixels; those are accepted here too.
 
 Model calls run in a thread pool (optionally through :class:`DynamicBatcher`); request bodies,
 decoded image sizes and per-request time are bounded; the server binds 127.0.0.1 by default.
+
+Errors: a request that does not parse or validate, whatever its nesting, size, encoding or
+types (non-UTF-8 bytes, NaN/Infinity or numbers beyond the input's dtype, ragged lists, wrong
+types at any level), gets a 4xx with ``{"error": "..."}``; a 5xx means a fault of the server
+itself, logged with its traceback, and the client gets a short message without internals.
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import tensorflow as tf
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from kerapose.serving import add_serve_arguments  # noqa: F401 - re-exported; defined without TF
+from kerapose.serving.arguments import add_serve_arguments  # noqa: F401 - re-exported; defined without TF
 from kerapose.serving.batching import BatchingOptions, DynamicBatcher, load_batching_config
 from kerapose.serving.client import people_from_outputs
 from kerapose.serving.models import (
@@ -145,6 +151,23 @@ def _is_b64(value) -> bool:
 
 
 # -- JSON <-> arrays -----------------------------------------------------------------------------
+_MAX_DIMS = 64  # numpy's limit on array dimensions
+
+
+def _object_problem(arr: np.ndarray) -> str:
+    """Why nested JSON lists did not make a numeric array (numpy fell back to objects)."""
+    items = arr.reshape(-1)
+    if any(isinstance(v, dict) for v in items):
+        return "expected numbers, got an object"
+    if any(isinstance(v, list) for v in items):
+        return "nested lists are ragged or mix lists with numbers (every row must have the same length)"
+    if any(v is None for v in items):
+        return "null is not a number"
+    if any(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        return "integers out of range (beyond 64 bits)"
+    return "expected nested lists of numbers, got mixed types"
+
+
 def _to_array(value, dtype: tf.DType, where: str, max_pixels: int) -> np.ndarray:
     """One JSON value (nested lists / scalars / {"b64"}) -> numpy array of the input's dtype."""
     if _is_b64(value):
@@ -167,14 +190,19 @@ def _to_array(value, dtype: tf.DType, where: str, max_pixels: int) -> np.ndarray
         raise ApiError(400, f"{where}: expected a number, list or {{\"b64\": ...}}, got an object with keys {keys}")
     try:
         arr = np.asarray(value)
-    except ValueError:
+    except (ValueError, OverflowError) as exc:
+        if "maximum" in str(exc) and "dimension" in str(exc):
+            raise ApiError(400, f"{where}: lists nested deeper than {_MAX_DIMS} levels") from None
         raise ApiError(400, f"{where}: nested lists are ragged (every row must have the same length)") from None
     if arr.dtype == object:
-        raise ApiError(400, f"{where}: expected nested lists of numbers, got ragged lists, nulls or mixed types")
+        raise ApiError(400, f"{where}: {_object_problem(arr)}")
     if dtype == tf.string:
         if arr.size and arr.dtype.kind != "U":
             raise ApiError(400, f"{where}: expected strings for a string input, got {arr.dtype}")
-        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(arr) if arr.size else arr.astype(object)
+        try:
+            return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(arr) if arr.size else arr.astype(object)
+        except UnicodeEncodeError:  # "\ud800"-style escapes decode to lone surrogates
+            raise ApiError(400, f"{where}: strings hold unpaired UTF-16 surrogates") from None
     np_dtype = np.dtype(dtype.as_numpy_dtype)
     if arr.size == 0:
         return arr.astype(np_dtype)
@@ -187,15 +215,26 @@ def _to_array(value, dtype: tf.DType, where: str, max_pixels: int) -> np.ndarray
     if np_dtype.kind in "iu":
         if arr.dtype.kind not in "iuf":
             raise ApiError(400, f"{where}: expected {dtype.name} integers, got {arr.dtype}")
-        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & (arr == np.round(arr))):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ApiError(400, f"{where}: NaN and Infinity are not {dtype.name} values")
+        if arr.dtype.kind == "f" and not np.all(arr == np.round(arr)):
             raise ApiError(400, f"{where}: expected integer values for {dtype.name}, got non-integer numbers")
         info = np.iinfo(np_dtype)
         if arr.min() < info.min or arr.max() > info.max:
             got = f"[{arr.min()}, {arr.max()}]"
             raise ApiError(400, f"{where}: values out of range for {dtype.name} [{info.min}, {info.max}]: got {got}")
         return arr.astype(np_dtype)
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":  # bools are not numbers to TF Serving either
         raise ApiError(400, f"{where}: expected {dtype.name} numbers, got {arr.dtype}")
+    if np_dtype.kind == "f":
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ApiError(400, f"{where}: NaN and Infinity are not accepted ({dtype.name} values must be finite)")
+        with np.errstate(over="ignore"):
+            out = arr.astype(np_dtype)
+        if not np.isfinite(out).all():
+            raise ApiError(400, f"{where}: values out of range for {dtype.name} (largest magnitude "
+                                f"{float(np.finfo(np_dtype).max):g})")
+        return out
     return arr.astype(np_dtype)
 
 
@@ -270,12 +309,19 @@ def parse_predict_body(body: dict, model: LoadedVersion, max_pixels: int) -> tup
     return arrays, has_rows
 
 
-def _parse_predict(body: bytes, model: LoadedVersion, max_pixels: int) -> tuple[dict, bool]:
+def parse_json(body: bytes) -> object:
+    """Request bytes -> JSON value, or a 400 ApiError for anything that is not valid JSON text
+    (bad syntax, non-UTF-8/16/32 bytes, integers too long to convert, nesting too deep)."""
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"JSON Parse error: {exc}") from None
-    return parse_predict_body(payload, model, max_pixels)
+        return json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "JSON Parse error: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise ApiError(400, f"JSON Parse error: {str(exc)[:200]}") from None
+
+
+def _parse_predict(body: bytes, model: LoadedVersion, max_pixels: int) -> tuple[dict, bool]:
+    return parse_predict_body(parse_json(body), model, max_pixels)
 
 
 def _check_names(values: dict, names: list, where: str) -> None:
@@ -415,10 +461,7 @@ def create_app(models_dir: str | ModelRepository, options: ServerOptions | None 
         if not body:
             raise ApiError(400, "request body: expected an encoded image or {\"b64\": ...}")
         if "json" in request.headers.get("content-type", "") or body[:1] == b"{":
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"JSON Parse error: {exc}") from None
+            payload = await asyncio.to_thread(parse_json, body)
             if isinstance(payload, dict) and "image" in payload:
                 payload = payload["image"]
             if not _is_b64(payload):
@@ -446,9 +489,12 @@ def create_app(models_dir: str | ModelRepository, options: ServerOptions | None 
             return _json_response({"error": exc.message}, exc.status)
         except ModelNotFoundError as exc:
             return _json_response({"error": str(exc.args[0])}, 404)
-        except Exception as exc:  # the server must keep serving after any failure
-            log.exception("request failed")
-            return _json_response({"error": f"{type(exc).__name__}: {exc}"}, 500)
+        except ClientDisconnect:
+            return _json_response({"error": "client disconnected before the request body was read"}, 400)
+        except Exception as exc:  # a server fault: keep serving, log it all, tell the client little
+            log.exception("%s %s failed", request.method, request.url.path)
+            msg = f"Internal server error ({type(exc).__name__}); details are in the server log"
+            return _json_response({"error": msg}, 500)
 
     return app
 

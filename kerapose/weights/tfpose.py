@@ -4,7 +4,7 @@ tf-pose-estimation (ildoonet, Apache-2.0) ships its trained networks as frozen T
 (``graph_opt.pb``): the weights are ``Const`` nodes feeding ``Conv2D`` /
 ``DepthwiseConv2dNative`` / ``FusedBatchNorm`` ops. :func:`import_tfpose` reads the GraphDef
 with ``tf.compat.v1`` (no session, nothing executed) and copies each constant into the layer of
-:class:`~kerapose.models.paf_mobilenet.PafMobileNetV2` whose name matches the op's scope:
+:class:`~kerapose.models.paf.mobilenet.PafMobileNetV2` whose name matches the op's scope:
 
 - backbone: ``MobilenetV2/Conv`` -> ``Conv1`` / ``bn_Conv1``; ``MobilenetV2/expanded_conv``
   -> ``expanded_conv_*``; ``MobilenetV2/expanded_conv_{i}/{expand,depthwise,project}`` ->
@@ -22,15 +22,14 @@ model does not use (a graph with more stages, say) are refused too.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from kerapose.weights.cache import default_cache_dir, fetch_file
 
 __all__ = [
     "TFPOSE_GRAPHS",
@@ -78,20 +77,6 @@ class TfPoseImportError(ValueError):
 # ----------------------------------------------------------------------------- fetch
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _default_cache_dir() -> str:
-    from kerapose.backbones.weights import default_cache_dir
-
-    return default_cache_dir()
-
-
 def fetch(name: str, from_file: str | None = None, cache_dir: str | None = None, timeout: float = 60.0,
           log: Callable[[str], None] | None = None) -> str:
     """The path of the tf-pose graph ``name`` in the cache, downloading or copying it once.
@@ -112,51 +97,10 @@ def fetch(name: str, from_file: str | None = None, cache_dir: str | None = None,
     if name not in TFPOSE_GRAPHS:
         raise ValueError(f"unknown tf-pose graph {name!r}; known: {', '.join(TFPOSE_GRAPHS)}")
     spec = TFPOSE_GRAPHS[name]
-    log = log or (lambda msg: None)
-    if from_file is not None:
-        from_file = os.fspath(from_file)
-        if not os.path.isfile(from_file):
-            raise FileNotFoundError(f"--from {from_file}: no such file")
-        got = _sha256(from_file)
-        if got != spec.sha256:
-            raise ValueError(f"{from_file}: sha256 {got} does not match the published {spec.sha256} of {name} "
-                             f"({spec.url}); not using it")
-    folder = os.path.join(cache_dir or _default_cache_dir(), "tfpose", name)
-    target = os.path.join(folder, spec.filename)
-    if os.path.isfile(target):
-        if _sha256(target) == spec.sha256:
-            log(f"cache hit: {target}")
-            return target
-        log(f"{target}: cached file has a wrong sha256; replacing it")
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=folder)
-    try:
-        h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            if from_file is not None:
-                with open(from_file, "rb") as src:
-                    shutil.copyfileobj(src, out)
-                source = from_file
-            else:
-                source = spec.url
-                try:
-                    with urllib.request.urlopen(spec.url, timeout=timeout) as resp:
-                        for chunk in iter(lambda: resp.read(1 << 20), b""):
-                            h.update(chunk)
-                            out.write(chunk)
-                except OSError as e:  # URLError, timeouts, resets
-                    raise RuntimeError(f"could not download {spec.url}: {e}; with a local copy of the file, "
-                                       f"pass it as from_file (kerapose weights fetch {name} --from FILE)") from e
-        got = _sha256(tmp) if from_file is not None else h.hexdigest()
-        if got != spec.sha256:
-            raise ValueError(f"{source}: sha256 {got} does not match the published {spec.sha256} of {name}; "
-                             f"nothing was written to {target}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    log(f"{'copied' if from_file is not None else 'downloaded'} {source} -> {target}")
-    return target
+    target = os.path.join(cache_dir or default_cache_dir(), "tfpose", name, spec.filename)
+    return fetch_file(spec.url, target, spec.sha256, from_file=from_file, timeout=timeout, log=log,
+                      hint=f"with a local copy of the file, pass it as from_file "
+                           f"(kerapose weights fetch {name} --from FILE)")
 
 
 # ----------------------------------------------------------------------------- graph reading
@@ -370,7 +314,7 @@ def load_tfpose_weights(model, graph_pb: str) -> dict:
     Nothing is assigned unless every weight fits. Returns ``{"weights": n arrays, "values": n
     numbers, "graph_constants": n constants read}``.
     """
-    from kerapose.models.paf_mobilenet import PafMobileNetV2
+    from kerapose.models.paf.mobilenet import PafMobileNetV2
 
     if not isinstance(model, PafMobileNetV2):
         raise TfPoseImportError(f"tf-pose MobileNetV2 graphs load into a PafMobileNetV2, got {type(model).__name__}")
@@ -416,7 +360,7 @@ def import_tfpose(graph_pb: str, output_keras: str | None = None, model=None,
         if os.path.lexists(output_keras) and not overwrite:
             raise FileExistsError(f"{output_keras} already exists; pass overwrite=True (--overwrite) to replace it")
     if model is None:
-        from kerapose.models.paf_mobilenet import paf_mobilenetv2_small
+        from kerapose.models.paf.mobilenet import paf_mobilenetv2_small
 
         model = paf_mobilenetv2_small()
     load_tfpose_weights(model, graph_pb)

@@ -12,7 +12,7 @@ The network of tf-pose-estimation's ``mobilenet_v2_*`` models (ildoonet, Apache-
   concat(previous PAFs, previous heatmaps, features) -> 1x1 ``refine_width`` -> 1x1 output.
 
 Layer names follow the graph (``MConv_Stage{t}_L{b}_{i}``, keras.applications' names in the
-backbone), so :func:`kerapose.weights_tfpose.import_tfpose` maps the frozen graph by layer.
+backbone), so :func:`kerapose.weights.tfpose.import_tfpose` maps the frozen graph by layer.
 The public input is RGB float 0..255 like every kerapose model; ``preprocessing="bgr_raw"``
 flips it to the BGR 0..255 the tf-pose weights were trained on (:class:`kerapose.layers.Preprocess`).
 The network takes any image size: heatmaps and PAFs come out on the ``ceil(H/8) x ceil(W/8)``
@@ -35,7 +35,7 @@ from kerapose.backbones.mobilenetv2 import (
     FullExtent,
     mobilenetv2_backbone,
 )
-from kerapose.models.paf_models import _check_int, _named_outputs, _PafModel
+from kerapose.models.paf.networks import check_int, named_outputs, PafModel
 from kerapose.skeleton import KeypointSet, get_keypoint_set
 
 __all__ = [
@@ -111,7 +111,7 @@ def separable_stage(
     for key, value in (("stage", stage), ("feature_channels", feature_channels), ("num_pafs", num_pafs),
                        ("num_heatmaps", num_heatmaps), ("width", width), ("hidden", hidden), ("kernel", kernel),
                        ("convs", convs)):
-        _check_int(key, value, 1)
+        check_int(key, value, 1)
     name = name or f"stage{stage}"
     feats = keras.Input(shape=(None, None, feature_channels), name=f"{name}_features")
     mask = keras.Input(shape=(None, None, 1), name=f"{name}_mask")
@@ -135,7 +135,7 @@ def separable_stage(
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
-class PafMobileNetV2(_PafModel):
+class PafMobileNetV2(PafModel):
     """OpenPose-style PAF model on MobileNetV2 with separable-conv stages (see module docstring).
 
     Outputs as the other PAF models: ``pafs_stage{t}`` / ``heatmaps_stage{t}`` for every stage
@@ -178,8 +178,8 @@ class PafMobileNetV2(_PafModel):
         name: str = "paf_mobilenetv2",
         **kwargs,
     ):
-        _check_int("stages", stages, 1)
-        _check_int("backbone_blocks", backbone_blocks, MOBILENETV2_LEVELS["C4"][0] + 1, 17)
+        check_int("stages", stages, 1)
+        check_int("backbone_blocks", backbone_blocks, MOBILENETV2_LEVELS["C4"][0] + 1, 17)
         grouping = dict(grouping or {})
         unknown = sorted(set(grouping) - set(GROUPING_KEYS))
         if unknown:
@@ -198,7 +198,7 @@ class PafMobileNetV2(_PafModel):
         image = keras.Input(shape=input_shape, name="image")
         extent = FullExtent(name="full_extent")(image)
         outputs = _forward(bb, stage_models, image, extent)
-        super().__init__(inputs=image, outputs=_named_outputs(outputs), name=name, **kwargs)
+        super().__init__(inputs=image, outputs=named_outputs(outputs), name=name, **kwargs)
         self._store_common(kps, input_shape, preprocessing, bb)
         self.stage_models = stage_models
         self.alpha = float(alpha)
@@ -268,7 +268,7 @@ def paf_mobilenetv2_small(input_shape: tuple = (None, None, 3), name: str = "paf
                           **overrides) -> PafMobileNetV2:
     """tf-pose's ``mobilenet_v2_small`` configuration (:data:`TFPOSE_SMALL`), random weights.
 
-    Load the trained weights with :func:`kerapose.weights_tfpose.import_tfpose`.
+    Load the trained weights with :func:`kerapose.weights.tfpose.import_tfpose`.
     """
     config = {**TFPOSE_SMALL, **overrides}
     return PafMobileNetV2(keypoint_set="openpose18", input_shape=input_shape, name=name, **config)

@@ -36,6 +36,9 @@ __all__ = [
     "MLN_LEVELS",
     "PAF_STRIDE",
     "module_weight_counts",
+    "PafModel",
+    "check_int",
+    "named_outputs",
 ]
 
 PAF_STRIDE = VGG_STRIDE
@@ -55,7 +58,7 @@ def module_weight_counts(model: keras.Model) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
         accepted = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise ValueError(f"{name} must be an integer in {accepted}, got {value!r}")
@@ -78,12 +81,12 @@ def _front(input_shape, preprocessing: str, backbone_weights: str | None, width_
     return input_shape, image, backbone, backbone(checked)
 
 
-def _named_outputs(tensors: dict) -> dict:
+def named_outputs(tensors: dict) -> dict:
     # Identity layers give every output a stable top-level name for losses and export.
     return {key: keras.layers.Identity(name=key)(t) for key, t in tensors.items()}
 
 
-class _PafModel(keras.Model):
+class PafModel(keras.Model):
     """Shared config handling of the PAF-family task models."""
 
     def _store_common(self, kps: KeypointSet, input_shape: tuple, preprocessing: str, backbone) -> None:
@@ -127,9 +130,9 @@ class _PafModel(keras.Model):
         :attr:`size_multiple`), ``(H, W)`` letterboxes into that size. ``score_threshold`` is the
         minimum person score (None: the model's default); ``iou_threshold`` is accepted for the
         export interface and unused (PAF grouping has no box NMS). See
-        :func:`kerapose.models.paf_end_to_end.paf_end_to_end`.
+        :func:`kerapose.models.paf.end_to_end.paf_end_to_end`.
         """
-        from kerapose.models.paf_end_to_end import paf_end_to_end
+        from kerapose.models.paf.end_to_end import paf_end_to_end
 
         return paf_end_to_end(self, input_size, max_people=max_people, score_threshold=score_threshold,
                               **grouping)
@@ -138,7 +141,7 @@ class _PafModel(keras.Model):
                       score_threshold: float | None = None) -> list[dict]:
         """Poses for a list of RGB uint8 images: one dict per image with ``keypoints`` [N, K, 3],
         ``scores`` [N] and ``boxes`` [N, 4] in that image's pixels (see :meth:`end_to_end`)."""
-        from kerapose.models.paf_end_to_end import paf_predict_poses
+        from kerapose.models.paf.end_to_end import paf_predict_poses
 
         return paf_predict_poses(self, images, input_size, max_people=max_people, score_threshold=score_threshold)
 
@@ -160,7 +163,7 @@ class _PafModel(keras.Model):
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
-class PafBaseline(_PafModel):
+class PafBaseline(PafModel):
     """OpenPose (Cao et al. 2017): VGG-19 front end + ``stages`` two-branch stages.
 
     With the defaults (6 stages, ``openpose18``: 38 PAF + 19 heatmap channels) it has the
@@ -186,7 +189,7 @@ class PafBaseline(_PafModel):
         name: str = "paf_baseline",
         **kwargs,
     ):
-        _check_int("stages", stages, 1)
+        check_int("stages", stages, 1)
         kps = get_keypoint_set(keypoint_set)
         n_paf, n_hm = kps.num_paf_channels, kps.num_heatmap_channels
         input_shape, image, bb, feats = _front(input_shape, preprocessing, backbone_weights)
@@ -198,7 +201,7 @@ class PafBaseline(_PafModel):
             pafs, hms = openpose_stage(t, FEATURE_CHANNELS, n_paf, n_hm, name=f"stage{t}")([pafs, hms, f])
             outputs.update({f"pafs_stage{t}": pafs, f"heatmaps_stage{t}": hms})
         outputs.update(pafs=pafs, heatmaps=hms)
-        super().__init__(inputs=image, outputs=_named_outputs(outputs), name=name, **kwargs)
+        super().__init__(inputs=image, outputs=named_outputs(outputs), name=name, **kwargs)
         self._store_common(kps, input_shape, preprocessing, bb)
         self.stages = stages
 
@@ -207,7 +210,7 @@ class PafBaseline(_PafModel):
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
-class FeatureTransferNet(_PafModel):
+class FeatureTransferNet(PafModel):
     """Feature Transfer Network (Huang et al. 2020, CVIU).
 
     VGG-19 front end; a joint branch (heatmaps) and a limb branch (PAFs) of 5 convs each;
@@ -247,9 +250,9 @@ class FeatureTransferNet(_PafModel):
         width_multiplier: float = 1.0,
         **kwargs,
     ):
-        k = _check_int("transfer_from", transfer_from, 1, 5)
-        _check_int("transfer_blocks", transfer_blocks, 1)
-        _check_int("refine_blocks", refine_blocks, 1)
+        k = check_int("transfer_from", transfer_from, 1, 5)
+        check_int("transfer_blocks", transfer_blocks, 1)
+        check_int("refine_blocks", refine_blocks, 1)
         transfer, refinement = bool(transfer), bool(refinement)
         if transfer and k == 5 and not refinement:
             raise ValueError(
@@ -290,7 +293,7 @@ class FeatureTransferNet(_PafModel):
                 [outputs["heatmaps_stage1"], outputs["pafs_stage1"], f, *to_refine_l])
             outputs.update(pafs_stage2=pafs, heatmaps_stage2=hms)
         outputs.update(pafs=pafs, heatmaps=hms)
-        super().__init__(inputs=image, outputs=_named_outputs(outputs), name=name, **kwargs)
+        super().__init__(inputs=image, outputs=named_outputs(outputs), name=name, **kwargs)
         self._store_common(kps, input_shape, preprocessing, bb)
         self.transfer = transfer
         self.refinement = refinement
@@ -312,7 +315,7 @@ class FeatureTransferNet(_PafModel):
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
-class MultiLevelNet(_PafModel):
+class MultiLevelNet(PafModel):
     """Multi-level Network (Huang, Zhuang and Qin, ICIP 2019), as far as the paper specifies.
 
     VGG-19 front end and the same joint / limb branches as :class:`FeatureTransferNet` (stage 1);
@@ -349,7 +352,7 @@ class MultiLevelNet(_PafModel):
         if unknown or len(set(levels)) != len(levels):
             raise ValueError(f"levels must be distinct names from {MLN_LEVELS}, got {levels!r}")
         levels = tuple(lv for lv in MLN_LEVELS if lv in levels)  # canonical order
-        _check_int("refine_blocks", refine_blocks, 1)
+        check_int("refine_blocks", refine_blocks, 1)
         kps = get_keypoint_set(keypoint_set)
         n_paf, n_hm = kps.num_paf_channels, kps.num_heatmap_channels
         input_shape, image, bb, feats = _front(input_shape, preprocessing, backbone_weights)
@@ -375,7 +378,7 @@ class MultiLevelNet(_PafModel):
         hms = refinement_branch(agg_ch, n_hm, refine_blocks, name="refine_joint")(agg)
         pafs = refinement_branch(agg_ch, n_paf, refine_blocks, name="refine_limb")(agg)
         outputs.update(pafs_stage2=pafs, heatmaps_stage2=hms, pafs=pafs, heatmaps=hms)
-        super().__init__(inputs=image, outputs=_named_outputs(outputs), name=name, **kwargs)
+        super().__init__(inputs=image, outputs=named_outputs(outputs), name=name, **kwargs)
         self._store_common(kps, input_shape, preprocessing, bb)
         self.levels = levels
         self.refine_blocks = refine_blocks

@@ -10,23 +10,13 @@ from kerapose.heads.prn import PRN_INPUT_HW, pose_residual_network
 from kerapose.heads.retinanet import NUM_ANCHORS, retinanet_head
 from kerapose.layers import SizeCheck
 from kerapose.necks.fpn import feature_pyramid
+from kerapose.models.multiposenet.constants import (KEYPOINT_STRIDE, MULTIPOSENET_BACKBONES, PERSON_LEVELS,
+                                                    POSE_SCORES, SIZE_MULTIPLE, check_pose_score)
+from kerapose.models.multiposenet.end_to_end import multiposenet_end_to_end
+from kerapose.models.poses import predict_with_graph
 from kerapose.skeleton import get_keypoint_set
 
-__all__ = ["MultiPoseNet", "MULTIPOSENET_BACKBONES", "KEYPOINT_STRIDE", "SIZE_MULTIPLE", "POSE_SCORES",
-           "check_pose_score"]
-
-MULTIPOSENET_BACKBONES = {"resnet18": 18, "resnet50": 50, "resnet101": 101}
-KEYPOINT_STRIDE = 4  # heatmaps and segmentation come out at stride 4
-SIZE_MULTIPLE = 32  # every FPN upsampling must land exactly: H and W multiples of C5's stride
-PERSON_LEVELS = (3, 4, 5, 6, 7)
-POSE_SCORES = ("box", "box_keypoints")  # how the end-to-end decoder scores a pose
-
-
-def check_pose_score(value) -> str:
-    """``value`` if it is one of :data:`POSE_SCORES`, else a ValueError that lists them."""
-    if value not in POSE_SCORES:
-        raise ValueError(f"pose_score: expected one of {', '.join(POSE_SCORES)}, got {value!r}")
-    return value
+__all__ = ["MultiPoseNet"]
 
 
 @keras.saving.register_keras_serializable(package="kerapose")
@@ -61,7 +51,7 @@ class MultiPoseNet(keras.Model):
         pose_score: how :meth:`end_to_end` (and so export, serving and :meth:`predict_poses`)
             scores a pose unless told otherwise: ``"box"`` (the paper) or ``"box_keypoints"``
             (box score x mean keypoint score); see
-            :class:`kerapose.models.end_to_end.MultiPoseNetDecoder`.
+            :class:`kerapose.models.multiposenet.end_to_end.MultiPoseNetDecoder`.
     """
 
     def __init__(
@@ -134,6 +124,11 @@ class MultiPoseNet(keras.Model):
         self.freeze_backbone(freeze_backbone)
 
     @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (C5's stride: every FPN upsampling lands exactly)."""
+        return SIZE_MULTIPLE
+
+    @property
     def num_keypoints(self) -> int:
         return self.keypoint_set.num_keypoints
 
@@ -154,11 +149,9 @@ class MultiPoseNet(keras.Model):
                    scales: tuple[float, ...] = (), pose_score: str | None = None) -> keras.Model:
         """The end-to-end model (uint8 image of any size -> people) sharing this model's weights.
 
-        See :func:`kerapose.models.end_to_end.multiposenet_end_to_end` (``pose_score=None``:
+        See :func:`kerapose.models.multiposenet.end_to_end.multiposenet_end_to_end` (``pose_score=None``:
         the model's own).
         """
-        from kerapose.models.end_to_end import multiposenet_end_to_end
-
         return multiposenet_end_to_end(self, input_size, max_people=max_people,
                                        score_threshold=score_threshold, iou_threshold=iou_threshold,
                                        flip_test=flip_test, scales=scales, pose_score=pose_score)
@@ -173,8 +166,6 @@ class MultiPoseNet(keras.Model):
         averages the heatmaps with those of the mirrored image (left/right channels swapped);
         ``pose_score``: see :meth:`end_to_end` (None: the model's own).
         """
-        from kerapose.models._poses import predict_with_graph
-
         key = (tuple(input_size), max_people, score_threshold, iou_threshold, bool(flip_test),
                pose_score or self.pose_score)
 

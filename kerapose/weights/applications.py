@@ -5,27 +5,23 @@ and friends) are legacy Keras HDF5 weight files: a root attribute ``layer_names`
 a group whose attribute ``weight_names`` lists its arrays in the layer's weight order. kerapose
 backbones use the same layer names as keras.applications, so such a file loads by name.
 
-Nothing is downloaded at import or in tests: :func:`fetch_applications_weights` downloads into a
-cache directory only when a user asks, and checks the file's sha256.
+Nothing is downloaded at import or in tests: :func:`fetch_applications_weights` downloads into the
+cache directory (:mod:`kerapose.weights.cache`) only when a user asks, and checks the file's hash.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
-import urllib.request
 
 import numpy as np
+
+from kerapose.weights.cache import default_cache_dir, fetch_file
 
 __all__ = [
     "APPLICATIONS_WEIGHTS",
     "read_h5_weights",
     "load_applications_weights",
     "fetch_applications_weights",
-    "default_cache_dir",
-    "sha256_file",
 ]
 
 _BASE = "https://storage.googleapis.com/tensorflow/keras-applications"
@@ -46,53 +42,17 @@ APPLICATIONS_WEIGHTS: dict[str, tuple[str, str]] = {
 }
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("KERAPOSE_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "kerapose"))
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _md5_file(path: str) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_applications_weights(name: str, cache_dir: str | None = None) -> str:
     """Download (once) the keras.applications ImageNet weight file ``name`` and return its path.
 
     The published hashes are MD5 (keras.applications' ``file_hash``); a file that does not match
-    is deleted and an error raised. The download goes to a temporary file that is renamed into
-    place only when complete, so an interrupted download never leaves a partial file.
+    is deleted and an error raised (:func:`kerapose.weights.cache.fetch_file`).
     """
     if name not in APPLICATIONS_WEIGHTS:
         raise ValueError(f"no ImageNet weight file known for {name!r}; known: {', '.join(APPLICATIONS_WEIGHTS)}")
     url, digest = APPLICATIONS_WEIGHTS[name]
-    cache_dir = cache_dir or default_cache_dir()
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, os.path.basename(url))
-    if os.path.isfile(path) and _md5_file(path) == digest:
-        return path
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out)
-        got = _md5_file(tmp)
-        if got != digest:
-            raise OSError(f"{url}: checksum mismatch (md5 {got}, expected {digest})")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    target = os.path.join(cache_dir or default_cache_dir(), os.path.basename(url))
+    return fetch_file(url, target, digest, algorithm="md5")
 
 
 def read_h5_weights(path: str) -> dict[str, list[np.ndarray]]:

@@ -1,7 +1,7 @@
 """End-to-end PAF models: uint8 image of any size in, people out, all in one TF graph.
 
-For every PAF-family model (:class:`~kerapose.models.paf_models.PafBaseline`, FTN, MLN,
-:class:`~kerapose.models.paf_mobilenet.PafMobileNetV2`). Follows DESIGN.md's serving contract:
+For every PAF-family model (:class:`~kerapose.models.paf.networks.PafBaseline`, FTN, MLN,
+:class:`~kerapose.models.paf.mobilenet.PafMobileNetV2`). Follows DESIGN.md's serving contract:
 input ``image`` uint8 [B, H, W, 3] RGB; outputs ``keypoints`` [B, M, K, 3] (x, y, score),
 ``scores`` [B, M], ``boxes`` [B, M, 4] and ``num_poses`` [B], in the original image's pixels,
 padded to M people (K and the keypoint order are the model's keypoint set, e.g. OpenPose-18).
@@ -10,7 +10,7 @@ padded to M people (K and the keypoint order are the model's keypoint set, e.g. 
    it is, padded bottom/right with zeros to the model's size multiple (8 for the VGG models,
    16 for MobileNetV2, whose stride-2 convolutions must see even sizes as in training).
    ``input_size=(H, W)``: letterboxed into H x W
-   (:class:`~kerapose.models.end_to_end.Letterbox`, bilinear, aspect ratio kept).
+   (:class:`~kerapose.models.multiposenet.end_to_end.Letterbox`, bilinear, aspect ratio kept).
 2. The network, told which part of its input is image (``extent``): models that normalise with
    per-image statistics (tf-pose's MobileNetV2) ignore the padding.
 3. :class:`~kerapose.codecs.paf_graph.PafGrouping`: peaks on the stride-8 maps with sub-pixel
@@ -32,7 +32,7 @@ import keras
 import tensorflow as tf
 
 from kerapose.codecs.paf_graph import PafGrouping
-from kerapose.models.end_to_end import Letterbox
+from kerapose.layers import Letterbox
 
 __all__ = [
     "PafFrame",
@@ -197,7 +197,7 @@ def paf_predict_poses(model, images, input_size: tuple[int, int] | None = None, 
     ``boxes`` [N, 4] in that image's pixels (N = people found, unpadded). The graph is traced
     once per setting and cached on the model.
     """
-    from kerapose.models._poses import predict_with_graph
+    from kerapose.models.poses import predict_with_graph
 
     key = (None if input_size is None else tuple(int(v) for v in input_size), int(max_people), score_threshold)
     return predict_with_graph(
