@@ -105,10 +105,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if calibration and _os.path.isdir(calibration) and not any(
             f.lower().endswith((".jpg", ".jpeg", ".png")) for f in _os.listdir(calibration)):
         raise ValueError(f"--calibration-data {calibration}: no .jpg/.png images in the folder")
+    if args.raw and args.end_to_end:
+        raise ValueError("--raw and --end-to-end contradict each other: the default is end to end; --raw exports "
+                         "the network alone")
+    end_to_end = not args.raw and not isinstance(model, str)  # a SavedModel folder keeps its own signature
+    if end_to_end and args.quantize == "int8":
+        raise ValueError("--quantize int8 exports the raw network only (full-integer quantization would reach "
+                         "the decoder's coordinates): add --raw and decode outside, or use fp16 / dynamic end to "
+                         "end")
     options = {"overwrite": args.overwrite}
     if args.version is not None:
         options["version"] = args.version
-    path = export_model(model, args.format, args.output, quantize=args.quantize, end_to_end=args.end_to_end,
+    path = export_model(model, args.format, args.output, quantize=args.quantize, end_to_end=end_to_end,
                         input_size=tuple(args.input_size) if args.input_size else None,
                         calibration_images=calibration, max_people=args.max_people, **options)
     print(f"[kerapose] exported {args.format} -> {path}")
@@ -211,8 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=[f.name for f in FORMATS])
     ex.add_argument("--quantize", help="; ".join(f"{f.name}: {', '.join(f.quantize)}" for f in FORMATS))
     ex.add_argument("--calibration-data", help="folder of real images for int8 calibration")
-    ex.add_argument("--end-to-end", action="store_true", help="uint8 image in, people out (decoding in the graph)")
-    ex.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), help="network input size")
+    ex.add_argument("--end-to-end", action="store_true",
+                    help="uint8 image of any size in, people out, decoding in the graph (the default)")
+    ex.add_argument("--raw", action="store_true",
+                    help="the network alone (float image of the fixed input size in, its maps out), for users "
+                         "who decode themselves")
+    ex.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
+                    help="network input size (default: the model family's, e.g. 480x480 MultiPoseNet, 368x432 PAF)")
     ex.add_argument("--max-people", type=int, default=20)
     ex.add_argument("--version", type=int, help="SavedModel: write OUTPUT/VERSION (TF Serving layout)")
     ex.add_argument("--overwrite", action="store_true")

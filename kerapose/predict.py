@@ -36,12 +36,24 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 MAX_PIXELS = 50_000_000  # larger images are downscaled first: bounded memory for decode + drawing
 _E2E_OUTPUTS = ("keypoints", "scores", "boxes", "num_poses")
+_WARNED: set[str] = set()  # built-in names already warned about (random weights), once per process
 
 
-def _keypoint_set_for(k: int) -> str:
-    """The registered keypoint set with ``k`` keypoints (COCO-17 first), for drawing exported models."""
+def _keypoint_set_for(k: int, path: str | None = None) -> str:
+    """The keypoint set of an export: its metadata's (:mod:`kerapose.export.metadata`), checked
+    against the ``k`` keypoints its graph returns; for an export without metadata (written before
+    kerapose 0.2) the registered set with ``k`` keypoints, COCO-17 first."""
+    from kerapose.export.metadata import read_metadata, require_end_to_end
     from kerapose.skeleton import available_keypoint_sets, get_keypoint_set
 
+    meta = read_metadata(path) if path is not None else None
+    require_end_to_end(meta, path)
+    if meta is not None and meta.get("keypoint_set"):
+        name = meta["keypoint_set"]
+        if get_keypoint_set(name).num_keypoints != k:
+            raise ValueError(f"{path}: its metadata names keypoint set {name!r} "
+                             f"({get_keypoint_set(name).num_keypoints} keypoints) but it returns {k}")
+        return name
     names = sorted(available_keypoint_sets(), key=lambda n: n != "coco17")
     for name in names:
         if get_keypoint_set(name).num_keypoints == k:
@@ -53,8 +65,8 @@ def _check_e2e_outputs(names, source: str) -> None:
     missing = [n for n in _E2E_OUTPUTS if n not in set(names)]
     if missing:
         raise ValueError(f"{source} is not an end-to-end export (outputs {sorted(names)}, missing "
-                         f"{', '.join(missing)}): predict needs an end-to-end export "
-                         f"(kerapose export --format ... --end-to-end) that takes a uint8 image and returns poses")
+                         f"{', '.join(missing)}): predict needs an end-to-end export that takes a uint8 image "
+                         f"and returns people (kerapose export --model MODEL --format FORMAT, without --raw)")
 
 
 def _unpad(out: dict) -> dict:
@@ -90,9 +102,13 @@ class PosePredictor:
         ``score_threshold`` applies to all (for exports, on top of the export's own threshold);
         ``num_threads`` to the TFLite and ONNX runtimes.
         """
-        from kerapose.models.registry import load_any_model, model_names
+        from kerapose.models.registry import family_named, load_any_model, model_names
 
         model = os.fspath(model)
+        if model in model_names() and model not in family_named(model).pretrained and model not in _WARNED:
+            _WARNED.add(model)
+            print(f"[kerapose] warning: the built-in {model} has random weights: its people are noise. Train it "
+                  f"(kerapose train) or use a trained model, e.g. paf-mobilenetv2-small", file=sys.stderr)
         if model in model_names() or model.endswith(".keras"):
             return cls._from_keras(load_any_model(model), model, input_size, max_people, score_threshold)
         if not os.path.exists(model):
@@ -133,7 +149,8 @@ class PosePredictor:
         graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                             input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         k = int(model.output["keypoints"].shape[2])
-        return cls(lambda img: _unpad(graph(img[None])), _keypoint_set_for(k), source, "keras", score_threshold)
+        kps = model.keypoint_set.name if hasattr(model, "keypoint_set") else _keypoint_set_for(k)
+        return cls(lambda img: _unpad(graph(img[None])), kps, source, "keras", score_threshold)
 
     @classmethod
     def _from_savedmodel(cls, path: str, score_threshold: float):
@@ -143,6 +160,9 @@ class PosePredictor:
 
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"{path} is a directory but not a SavedModel (no saved_model.pb)")
+        from kerapose.export.metadata import read_metadata, require_end_to_end
+
+        require_end_to_end(read_metadata(path), path)
         loaded = tf.saved_model.load(path)
         if SIGNATURE_KEY not in loaded.signatures:
             raise ValueError(f"{path} has no {SIGNATURE_KEY!r} signature (it has {list(loaded.signatures)})")
@@ -156,16 +176,19 @@ class PosePredictor:
         def run(img: np.ndarray) -> dict:
             return _unpad({k_: v.numpy() for k_, v in sig(image=tf.constant(img[None])).items()})
 
-        predictor = cls(run, _keypoint_set_for(k), path, "savedmodel", score_threshold)
+        predictor = cls(run, _keypoint_set_for(k, path), path, "savedmodel", score_threshold)
         predictor._keep = loaded  # the signature needs its SavedModel alive
         return predictor
 
     @classmethod
     def _from_runner(cls, runner, output_shapes: dict, source: str, kind: str, score_threshold: float):
+        from kerapose.export.metadata import read_metadata, require_end_to_end
+
+        require_end_to_end(read_metadata(source), source)
         _check_e2e_outputs(list(output_shapes), f"{kind} file {source}")
         k = output_shapes["keypoints"]
         k = k.get("shape_signature", k.get("shape")) if isinstance(k, dict) else k
-        return cls(lambda img: _unpad(runner(image=img[None])), _keypoint_set_for(int(k[2])), source, kind,
+        return cls(lambda img: _unpad(runner(image=img[None])), _keypoint_set_for(int(k[2]), source), source, kind,
                    score_threshold)
 
     def __call__(self, rgb_uint8: np.ndarray) -> dict:
@@ -323,8 +346,8 @@ def _results(poses: dict, image_id: int, file_name: str, scale: float, frame: in
 
 
 def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_pixels: int = MAX_PIXELS,
-                  draw: bool = True, progress: bool = True, log: Callable[[str], None] | None = None
-                  ) -> PredictSummary:
+                  draw: bool = True, progress: bool = True, log: Callable[[str], None] | None = None,
+                  max_frames: int | None = None) -> PredictSummary:
     """Run ``predictor`` over images, folders and videos; write annotated copies and
     ``predictions.json`` (written atomically) into ``out``.
 
@@ -363,31 +386,11 @@ def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_p
         stem, suffix = os.path.splitext(base)
         if suffix.lower() in VIDEO_SUFFIXES:
             cap = cv2.VideoCapture(path)
-            writer = None
-            frames = 0
             try:
                 if not cap.isOpened():
                     raise ValueError(f"{path}: not a readable video")
-                fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-                while True:
-                    ok, bgr = cap.read()
-                    if not ok:
-                        break
-                    rgb, scale = _limit_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_pixels)
-                    poses = predictor(rgb)
-                    results += _results(poses, ids.get(), base, scale, frame=frames,
-                                        keypoint_set=predictor.keypoint_set)
-                    summary.people += len(poses["scores"])
-                    if draw:
-                        if writer is None:
-                            target = names.path(f"{stem}_pose", ".mp4")
-                            writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
-                                                     (rgb.shape[1], rgb.shape[0]))
-                            if not writer.isOpened():
-                                raise ValueError(f"{target}: cannot open an mp4v video writer")
-                            summary.outputs.append(target)
-                        writer.write(cv2.cvtColor(annotate(rgb, poses), cv2.COLOR_RGB2BGR))
-                    frames += 1
+                frames = predict_stream(predictor, cap, stem, names, summary, results, ids, max_pixels=max_pixels,
+                                        draw=draw, progress=progress, max_frames=max_frames, file_name=base)
                 if frames == 0:
                     raise ValueError(f"{path}: not a readable video (no frame could be decoded)")
                 summary.videos += 1
@@ -396,9 +399,6 @@ def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_p
                 log(f"[kerapose] error: {e}")
             finally:
                 cap.release()
-                if writer is not None:
-                    writer.release()
-                summary.frames += frames
         else:
             try:
                 img = read_image(path)
@@ -430,6 +430,125 @@ def predict_paths(predictor: PosePredictor, paths: list[str], out: str, *, max_p
     return summary
 
 
+def predict_stream(predictor: PosePredictor, capture, stem: str, names: "_Outputs", summary: PredictSummary,
+                   results: list, ids: "_ImageIds", *, max_pixels: int = MAX_PIXELS, draw: bool = True,
+                   progress: bool = True, show: bool = False, max_frames: int | None = None,
+                   file_name: str | None = None) -> int:
+    """Frames of an open ``cv2.VideoCapture`` (a video file or a camera) -> people.
+
+    Writes ``OUT/STEM_pose.mp4`` (annotated, when ``draw``) and ``OUT/STEM_pose.json`` (one entry
+    per frame: its index and its people in COCO result rows), adds the rows to ``results``, shows
+    the annotated frames in a window when ``show`` (``q`` or Esc stops), and keeps a progress bar
+    over the frames (the file's frame count, when it has one). Returns the frames processed.
+    """
+    import cv2
+
+    from kerapose.evaluation import write_results
+    from kerapose.visualize import draw_poses
+
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    if max_frames:
+        total = min(total, max_frames) if total > 0 else max_frames
+    bar = None
+    if progress:
+        import keras
+
+        bar = keras.utils.Progbar(total if total > 0 else None, unit_name="frame")
+    writer, per_frame, frames = None, [], 0
+    try:
+        while max_frames is None or frames < max_frames:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            rgb, scale = _limit_pixels(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_pixels)
+            poses = predictor(rgb)
+            rows = _results(poses, ids.get(), file_name or stem, scale, frame=frames,
+                            keypoint_set=predictor.keypoint_set)
+            results += rows
+            per_frame.append({"frame": frames, "people": rows})
+            summary.people += len(poses["scores"])
+            if draw or show:
+                drawn = cv2.cvtColor(draw_poses(rgb, poses["keypoints"], poses["boxes"], poses["scores"],
+                                                keypoint_set=predictor.keypoint_set), cv2.COLOR_RGB2BGR)
+                if draw:
+                    if writer is None:
+                        target = names.path(f"{stem}_pose", ".mp4")
+                        writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), float(fps),
+                                                 (drawn.shape[1], drawn.shape[0]))
+                        if not writer.isOpened():
+                            raise ValueError(f"{target}: cannot open an mp4v video writer")
+                        summary.outputs.append(target)
+                    writer.write(drawn)
+                if show:
+                    cv2.imshow(f"kerapose: {stem}", drawn)
+                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                        break
+            frames += 1
+            if bar is not None:
+                bar.update(frames)
+    except KeyboardInterrupt:  # a live stream ends with Ctrl-C; keep what was processed
+        pass
+    finally:
+        if writer is not None:
+            writer.release()
+        if show:
+            cv2.destroyAllWindows()
+        summary.frames += frames
+        if frames:
+            target = names.path(f"{stem}_pose", ".json")
+            write_results(per_frame, target)
+            summary.outputs.append(target)
+    return frames
+
+
+def display_available() -> tuple[bool, str]:
+    """Whether a live window can open here, and if not, why (said to the user as it is)."""
+    import re
+
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no display here (DISPLAY and WAYLAND_DISPLAY are unset)"
+    gui = re.search(r"GUI:\s*(\S+)", cv2.getBuildInformation())
+    if gui is None or gui.group(1).upper() == "NONE":
+        return False, ("this OpenCV build has no GUI support (opencv-python-headless, kerapose's default); "
+                       "pip install opencv-python for a live window")
+    return True, ""
+
+
+def predict_camera(predictor: PosePredictor, index: int, out: str, *, max_frames: int | None = None,
+                   draw: bool = True, show: bool | None = None, log: Callable[[str], None] | None = None,
+                   capture=None) -> PredictSummary:
+    """A camera (``cv2.VideoCapture(index)``) -> people, live: a window when a display exists
+    (``show=None`` decides), the annotated recording and per-frame JSON in ``out`` always."""
+    import cv2
+
+    from kerapose.evaluation import write_results
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if show is None:
+        show, why = display_available()
+        if not show:
+            log(f"[kerapose] no live window: {why}. Recording the annotated stream and per-frame JSON to "
+                f"{os.path.abspath(out)} instead (Ctrl-C stops)")
+    cap = capture if capture is not None else cv2.VideoCapture(int(index))
+    if not cap.isOpened():
+        raise ValueError(f"camera {index} could not be opened (no such device, or it is busy)")
+    summary = PredictSummary(out=os.path.abspath(out))
+    os.makedirs(out, exist_ok=True)
+    results: list[dict] = []
+    try:
+        predict_stream(predictor, cap, f"camera{index}", _Outputs(out), summary, results, _ImageIds(),
+                       draw=draw, show=show, max_frames=max_frames, progress=True)
+    finally:
+        cap.release()
+    summary.videos = 1 if summary.frames else 0
+    summary.predictions = os.path.join(summary.out, "predictions.json")
+    write_results(results, summary.predictions)
+    return summary
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -437,7 +556,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     """The ``kerapose predict`` options."""
     parser.add_argument("model", help="built-in model name (random weights), .keras file, end-to-end SavedModel "
                                       "directory, or end-to-end .tflite / .onnx file")
-    parser.add_argument("inputs", nargs="+", help="images, folders (not recursive) and videos (.mp4/.avi/.mov/.mkv)")
+    parser.add_argument("inputs", nargs="*", help="images, folders (not recursive) and videos (.mp4/.avi/.mov/.mkv)")
+    parser.add_argument("--source", type=int, metavar="INDEX",
+                        help="a camera index (e.g. 0): live, in a window when a display exists; the annotated "
+                             "stream and per-frame JSON go to --out")
+    parser.add_argument("--max-frames", type=int, help="stop a camera or video after this many frames")
     parser.add_argument("--out", required=True, help="output folder: annotated images/videos, predictions.json")
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                         help="network input of Keras models (default: the model family's; exports fixed theirs)")
@@ -456,8 +579,13 @@ def predict_main(args: argparse.Namespace) -> int:
     """Run ``kerapose predict``; 0 when at least one image or frame was processed, 2 otherwise."""
     predictor = PosePredictor.load(args.model, input_size=args.input_size, max_people=args.max_people,
                                    score_threshold=args.score_threshold, num_threads=args.threads)
-    summary = predict_paths(predictor, args.inputs, args.out, max_pixels=args.max_pixels, draw=not args.no_draw,
-                            progress=not args.json)
+    if (args.source is None) == (not args.inputs):
+        raise ValueError("give images / folders / videos, or --source INDEX for a camera (not both)")
+    if args.source is not None:
+        summary = predict_camera(predictor, args.source, args.out, max_frames=args.max_frames, draw=not args.no_draw)
+    else:
+        summary = predict_paths(predictor, args.inputs, args.out, max_pixels=args.max_pixels, draw=not args.no_draw,
+                                progress=not args.json, max_frames=args.max_frames)
     if args.json:
         print(json.dumps(summary.as_dict()))
     else:

@@ -254,6 +254,33 @@ def test_video_and_unreadable_video(predictor, val_images, tmp_path):
     rows = json.load(open(summary.predictions))
     assert sorted({r["frame"] for r in rows if r["file_name"] == "clip.mp4"}) == [0, 1, 2, 3]
     assert len({r["image_id"] for r in rows}) == 5  # 4 frames + 1 image, distinct ids
+    per_frame = json.load(open(tmp_path / "out" / "clip_pose.json"))  # one entry per frame, its people
+    assert [f["frame"] for f in per_frame] == [0, 1, 2, 3]
+    assert sum(len(f["people"]) for f in per_frame) == sum(r["file_name"] == "clip.mp4" for r in rows)
+
+
+def test_camera_source_records_when_no_window_can_open(predictor, val_images, tmp_path, monkeypatch):
+    """``--source 0`` without a display (this machine, CI): a clear message, then the annotated
+    stream and per-frame JSON are recorded; a camera that does not open is a clear error. A video
+    file stands in for the camera (cv2.VideoCapture reads both the same way)."""
+    from kerapose.data.pipeline import read_image
+    from kerapose.predict import display_available, predict_camera
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    ok, why = display_available()
+    assert not ok and "no display" in why
+    src = cv2.resize(read_image(val_images[0]), (160, 112))
+    video = str(tmp_path / "cam.mp4")
+    _write_video(video, [np.roll(src, 4 * i, axis=1) for i in range(6)])
+    said = []
+    summary = predict_camera(predictor, 0, str(tmp_path / "live"), max_frames=5, log=said.append,
+                             capture=cv2.VideoCapture(video))
+    assert "no live window: no display here" in said[0] and "Recording" in said[0]
+    assert summary.frames == 5 and _count_frames(str(tmp_path / "live" / "camera0_pose.mp4")) == 5
+    assert len(json.load(open(tmp_path / "live" / "camera0_pose.json"))) == 5
+    with pytest.raises(ValueError, match="camera 7 could not be opened"):
+        predict_camera(predictor, 7, str(tmp_path / "none"), show=False, capture=cv2.VideoCapture(str(tmp_path / "x")))
 
 
 def test_errors_empty_folder_missing_path_and_raw_models(tiny_keras, tmp_path, capsys):
@@ -283,6 +310,9 @@ def test_errors_empty_folder_missing_path_and_raw_models(tiny_keras, tmp_path, c
     inp = keras.Input((32, 32, 3), name="image")
     raw = keras.Model(inp, keras.layers.Conv2D(2, 3, padding="same")(inp))
     sm = export_model(raw, "savedmodel", str(tmp_path / "raw_sm"), input_size=(32, 32))
+    with pytest.raises(ValueError, match="raw-network export .* needs the end-to-end graph .* without --raw"):
+        PosePredictor.load(sm)
+    os.remove(os.path.join(sm, "kerapose.json"))  # an export without metadata: still refused, by its outputs
     with pytest.raises(ValueError, match="predict needs an end-to-end export"):
         PosePredictor.load(sm)
     raw.save(str(tmp_path / "raw.keras"))

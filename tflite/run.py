@@ -2,7 +2,8 @@
 
     python tflite/run.py MODEL.tflite IMAGE [--threads 2] [--out annotated.jpg] [--min-score 0.3]
 
-The model must be an end-to-end export (``kerapose export MODEL tflite --end-to-end``): uint8
+The model must be an end-to-end export (``kerapose export --model MODEL --format tflite``, the default; not
+``--raw``): uint8
 ``image`` [1, H, W, 3] of any size in, ``keypoints`` [1, M, K, 3], ``scores`` [1, M], ``boxes``
 [1, M, 4], ``num_poses`` [1] out. Needs only ai-edge-litert, numpy and OpenCV, so it runs where
 kerapose is not installed (a Raspberry Pi, a CI box); the drawing uses ``kerapose.visualize``
@@ -51,7 +52,7 @@ def run_tflite(model_path: str, image: np.ndarray, threads: int = 2) -> dict:
     missing = {"keypoints", "scores", "boxes", "num_poses"} - outputs
     if missing:
         raise ValueError(f"{model_path} is not an end-to-end export: outputs {sorted(outputs)}, missing "
-                         f"{sorted(missing)}; export with --end-to-end")
+                         f"{sorted(missing)}; export it without --raw (end to end is the default)")
     out = runner(image=np.ascontiguousarray(image[None], np.uint8))
     n = int(np.asarray(out["num_poses"]).reshape(-1)[0])
     return {k: np.asarray(out[k])[0, :n] for k in ("keypoints", "scores", "boxes")}

@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from kerapose.export.metadata import embed_onnx_metadata
 from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, savedmodel_source
 
 __all__ = ["ONNX_OPSET", "OnnxRunner", "export_onnx"]
@@ -100,8 +101,9 @@ def export_onnx(
     import tf2onnx
 
     _patch_tf2onnx_for_numpy2()
-    with savedmodel_source(model, end_to_end=end_to_end, input_size=input_size, max_people=max_people,
-                           score_threshold=score_threshold, iou_threshold=iou_threshold) as sm_dir:
+    with savedmodel_source(model, "onnx", quantize, end_to_end=end_to_end, input_size=input_size,
+                           max_people=max_people, score_threshold=score_threshold,
+                           iou_threshold=iou_threshold) as (sm_dir, meta):
         loaded = tf.saved_model.load(sm_dir)  # kept referenced: the function reads its variables
         signature = loaded.signatures[SIGNATURE_KEY]
         spec = signature.structured_input_signature[1]["image"]
@@ -113,6 +115,8 @@ def export_onnx(
 
         model_proto = _convert(tf2onnx, serve, spec, int(opset))
     _name_dynamic_dims(model_proto)
+    if meta is not None:
+        embed_onnx_metadata(model_proto, meta)
     onnx.checker.check_model(model_proto)
     with atomic_file(output, overwrite=overwrite) as tmp:
         onnx.save_model(model_proto, tmp)

@@ -15,6 +15,7 @@ A model is written into a hidden temporary directory beside the target and moved
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from typing import Iterator
 
 import keras
 import tensorflow as tf
+
+from kerapose.export.metadata import build_metadata, read_metadata, write_savedmodel_metadata
 
 __all__ = [
     "DEFAULT_INPUT_SIZE",
@@ -97,17 +100,24 @@ def serving_model(
     max_people: int = 20,
     score_threshold: float = 0.3,
     iou_threshold: float = 0.5,
-) -> tuple[keras.Model, tf.TensorSpec]:
-    """The Keras model to export and the spec of its ``image`` input."""
+    fmt: str = "savedmodel",
+    quantize: str | None = None,
+) -> tuple[keras.Model, tf.TensorSpec, dict]:
+    """The Keras model to export, the spec of its ``image`` input, and the export's metadata."""
     hw = resolve_input_size(model, input_size)
+    meta = build_metadata(model, end_to_end=end_to_end, input_size=hw, max_people=max_people,
+                          score_threshold=score_threshold, fmt=fmt, quantize=quantize)
     if end_to_end:
         if not callable(getattr(model, "end_to_end", None)):
             raise ValueError(f"end_to_end=True needs a model with an in-graph decoder (an end_to_end method); "
                              f"{type(model).__name__} has none: export the raw network instead")
-        e2e = model.end_to_end(hw, max_people=max_people, score_threshold=score_threshold,
-                               iou_threshold=iou_threshold)
-        return e2e, tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")
-    return model, tf.TensorSpec([None, *hw, 3], tf.float32, name="image")
+        settings = {"max_people": max_people, "score_threshold": score_threshold, "iou_threshold": iou_threshold}
+        accepted = inspect.signature(model.end_to_end).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+            settings = {k: v for k, v in settings.items() if k in accepted}  # e.g. no box NMS, no iou_threshold
+        e2e = model.end_to_end(hw, **settings)
+        return e2e, tf.TensorSpec([None, None, None, 3], tf.uint8, name="image"), meta
+    return model, tf.TensorSpec([None, *hw, 3], tf.float32, name="image"), meta
 
 
 def write_serving_savedmodel(keras_model: keras.Model, spec: tf.TensorSpec, path: str) -> None:
@@ -186,9 +196,12 @@ def atomic_file(target: str, overwrite: bool = False) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def savedmodel_source(source, **serving_kwargs) -> Iterator[str]:
-    """A SavedModel directory for the converters: ``source`` itself when it is one, else a
-    temporary export of the Keras model ``source`` (``serving_kwargs`` go to :func:`serving_model`)."""
+def savedmodel_source(source, fmt: str, quantize: str | None = None,
+                      **serving_kwargs) -> Iterator[tuple[str, dict | None]]:
+    """A SavedModel directory for the converters and the metadata its conversion to ``fmt``
+    carries (:mod:`kerapose.export.metadata`): ``source`` itself when it is a directory (its
+    ``kerapose.json``, None if it has none), else a temporary export of the Keras model
+    ``source`` (``serving_kwargs`` go to :func:`serving_model`)."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -197,15 +210,16 @@ def savedmodel_source(source, **serving_kwargs) -> Iterator[str]:
         if given:
             raise ValueError(f"{', '.join(given)} cannot apply to an existing SavedModel ({path}): "
                              f"its signature is already fixed")
-        yield path
+        meta = read_metadata(path)
+        yield path, (None if meta is None else {**meta, "format": fmt, "quantize": quantize or "none"})
         return
     if not isinstance(source, keras.Model):
         raise ValueError(f"expected a keras.Model or a SavedModel directory, got {type(source).__name__}")
-    keras_model, spec = serving_model(source, **serving_kwargs)
+    keras_model, spec, meta = serving_model(source, **serving_kwargs, fmt=fmt, quantize=quantize)
     with tempfile.TemporaryDirectory(prefix="kerapose-export-") as tmp:
         path = os.path.join(tmp, "saved_model")
         write_serving_savedmodel(keras_model, spec, path)
-        yield path
+        yield path, meta
 
 
 def next_version(model_dir: str) -> int:
@@ -253,7 +267,9 @@ def export_savedmodel(
     if not isinstance(model, keras.Model):
         raise ValueError(f"savedmodel export needs a keras.Model, got {type(model).__name__}")
     target = _target_dir(output, version)
-    keras_model, spec = serving_model(model, end_to_end, input_size, max_people, score_threshold, iou_threshold)
+    keras_model, spec, meta = serving_model(model, end_to_end, input_size, max_people, score_threshold,
+                                            iou_threshold)
     with atomic_directory(target, overwrite=overwrite) as tmp:
         write_serving_savedmodel(keras_model, spec, tmp)
+        write_savedmodel_metadata(tmp, meta)
     return os.path.abspath(target)

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
+from kerapose.export.metadata import embed_tflite_metadata
 from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, resolve_input_size, savedmodel_source
 
 __all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images"]
@@ -155,9 +156,12 @@ def export_tflite(
         else:
             hw, dtype = resolve_input_size(model, input_size), np.float32
         calibration = load_calibration_images(calibration_images, hw, limit=num_calibration).astype(dtype)
-    with savedmodel_source(model, end_to_end=end_to_end, input_size=input_size, max_people=max_people,
-                           score_threshold=score_threshold, iou_threshold=iou_threshold) as sm_dir:
+    with savedmodel_source(model, "tflite", quantize, end_to_end=end_to_end, input_size=input_size,
+                           max_people=max_people, score_threshold=score_threshold,
+                           iou_threshold=iou_threshold) as (sm_dir, meta):
         flatbuffer = _converter(sm_dir, quantize, calibration, integer_io).convert()
+    if meta is not None:
+        flatbuffer = embed_tflite_metadata(flatbuffer, meta)
     with atomic_file(output, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(flatbuffer)

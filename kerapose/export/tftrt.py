@@ -12,6 +12,7 @@ import os
 
 import tensorflow as tf
 
+from kerapose.export.metadata import write_savedmodel_metadata
 from kerapose.export.savedmodel import atomic_directory, savedmodel_source
 
 __all__ = ["TFTRT_PRECISIONS", "NO_TENSORRT_MESSAGE", "export_tftrt", "tensorrt_available"]
@@ -59,8 +60,9 @@ def export_tftrt(
     from tensorflow.python.compiler.tensorrt import trt_convert as trt
 
     precision = trt.TrtPrecisionMode.FP16 if quantize == "fp16" else trt.TrtPrecisionMode.FP32
-    with savedmodel_source(model, end_to_end=end_to_end, input_size=input_size, max_people=max_people,
-                           score_threshold=score_threshold, iou_threshold=iou_threshold) as sm_dir:
+    with savedmodel_source(model, "tftrt", quantize, end_to_end=end_to_end, input_size=input_size,
+                           max_people=max_people, score_threshold=score_threshold,
+                           iou_threshold=iou_threshold) as (sm_dir, meta):
         try:
             converter = trt.TrtGraphConverterV2(input_saved_model_dir=sm_dir, precision_mode=precision)
             converter.convert()
@@ -70,4 +72,6 @@ def export_tftrt(
             raise
         with atomic_directory(output, overwrite=overwrite) as tmp:
             converter.save(tmp)
+            if meta is not None:
+                write_savedmodel_metadata(tmp, meta)
     return os.path.abspath(output)

@@ -76,6 +76,7 @@ class LoadedVersion:
     function: object = field(repr=False)
     inputs: dict  # input name -> TensorInfo, in signature order
     outputs: dict  # output name -> TensorInfo, sorted by name
+    kerapose: dict | None = None  # the export's metadata (kerapose.export.metadata), None if it has none
 
     def __call__(self, arrays: dict) -> dict:
         """Run the signature on numpy arrays keyed by input name; returns numpy arrays."""
@@ -125,7 +126,9 @@ def load_version(name: str, version: int, path: str) -> LoadedVersion:
         key: TensorInfo(names["outputs"].get(key, ""), spec.dtype, tuple(spec.shape.as_list()))
         for key, spec in sorted(fn.structured_outputs.items())
     }
-    return LoadedVersion(name, version, path, module, fn, inputs, outputs)
+    from kerapose.export.metadata import read_metadata
+
+    return LoadedVersion(name, version, path, module, fn, inputs, outputs, read_metadata(path))
 
 
 class ModelRepository:

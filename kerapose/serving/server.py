@@ -42,6 +42,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from kerapose.export.metadata import require_end_to_end
 from kerapose.serving.arguments import add_serve_arguments  # noqa: F401 - re-exported; defined without TF
 from kerapose.serving.batching import BatchingOptions, DynamicBatcher, load_batching_config
 from kerapose.serving.client import people_from_outputs
@@ -177,8 +178,9 @@ def _to_array(value, dtype: tf.DType, where: str, max_pixels: int) -> np.ndarray
         if dtype == tf.string:
             return np.array(data, dtype=object)
         raise ApiError(
-            400, f"{where}: 'b64' values are only accepted for uint8 image or string inputs, this input is {dtype.name}"
-        )
+            400, f"{where}: 'b64' values are only accepted for uint8 image or string inputs, this input is "
+                 f"{dtype.name} (a raw-network export: `kerapose export` without --raw writes the end-to-end graph, "
+                 f"which takes encoded images)")
     if isinstance(value, list) and any(_is_b64(v) or isinstance(v, list) and v and _is_b64(v[0]) for v in value):
         parts = [_to_array(v, dtype, f"{where}[{i}]", max_pixels) for i, v in enumerate(value)]
         shapes = {p.shape for p in parts}
@@ -437,7 +439,8 @@ def create_app(models_dir: str | ModelRepository, options: ServerOptions | None 
             if m["metadata"]:
                 return _json_response({
                     "model_spec": {"name": name, "signature_name": "", "version": str(model.version)},
-                    "metadata": {"signature_def": {"signature_def": {SIGNATURE_KEY: model.signature_json()}}},
+                    "metadata": {"signature_def": {"signature_def": {SIGNATURE_KEY: model.signature_json()}},
+                                 **({"kerapose": model.kerapose} if model.kerapose else {})},
                 })
             return _json_response(_status_json([model.version] if v is not None else repo.versions(name)))
         if request.method != "POST":
@@ -454,6 +457,10 @@ def create_app(models_dir: str | ModelRepository, options: ServerOptions | None 
         return await handle_pose(model, request, body)
 
     async def handle_pose(model: LoadedVersion, request: Request, body: bytes) -> Response:
+        try:
+            require_end_to_end(model.kerapose, f"model {model.name!r} version {model.version}", ":pose")
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
         info = model.inputs.get("image")
         if info is None or info.dtype != tf.uint8 or len(model.inputs) != 1:
             names = list(model.inputs)

@@ -8,6 +8,7 @@ from kerapose.models.family import ModelFamily
 from kerapose.models.paf.mobilenet import paf_mobilenetv2_small
 from kerapose.models.paf.networks import PAF_STRIDE, PafModel
 from kerapose.models.paf.recipe import PAF_MODELS, RECIPE
+from kerapose.weights.shipped import load_shipped_weights
 
 __all__ = ["FAMILY"]
 
@@ -17,6 +18,17 @@ def _paf(name: str) -> Callable:
         return PAF_MODELS[name](input_shape=input_shape, name=name.replace("-", "_"), **kw)
 
     return build
+
+
+def _tfpose_small(input_shape=(None, None, 3), weights: str | None = "shipped", **kw):
+    """tf-pose's trained mobilenet_v2_small with the weights that ship inside kerapose
+    (``weights=None``: random weights)."""
+    model = paf_mobilenetv2_small(input_shape=input_shape, **kw)
+    if weights == "shipped":
+        load_shipped_weights(model, "paf-mobilenetv2-small")
+    elif weights is not None:
+        raise ValueError(f"weights: expected 'shipped' or None, got {weights!r}")
+    return model
 
 
 def _paf_oracle(keypoint_set: str, stride: int | None):
@@ -40,8 +52,8 @@ FAMILY = ModelFamily(
         "paf-baseline": _paf("paf-baseline"),
         "ftn": _paf("ftn"),
         "mln": _paf("mln"),
-        # tf-pose's "mobilenet_v2_small" (trained weights: kerapose weights fetch / import-tfpose)
-        "paf-mobilenetv2-small": paf_mobilenetv2_small,
+        # tf-pose's "mobilenet_v2_small", trained: its weights ship with kerapose (kerapose/weights/files)
+        "paf-mobilenetv2-small": _tfpose_small,
     },
     model_types=(PafModel,),
     size_multiple=PAF_STRIDE,
@@ -49,4 +61,5 @@ FAMILY = ModelFamily(
     info_input_size=(368, 432),
     recipe=RECIPE,
     oracles={"paf": _paf_oracle},
+    pretrained=("paf-mobilenetv2-small",),
 )
