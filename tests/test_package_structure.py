@@ -128,3 +128,29 @@ def test_info_runs_for_every_builtin_name_with_its_family_default_size(name, cap
         assert tuple(info["input_size"]) == fam.info_input_size
     assert info["params"] > 0 and info["macs"] > 0
     assert sum(m["params"] for m in info["modules"]) <= info["params"]
+
+
+# The cheapest built-in name of each family with an end-to-end graph; a new family adds its own.
+EXPORT_NAME = {"multiposenet": "multiposenet-r18", "paf": "paf-mobilenetv2-small", "posedet": "posedet-tiny",
+               "strongpose": "strongpose-r18"}
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_export_then_predict_one_builtin_name_per_family(family, coco_mini_root, tmp_path, capsys):
+    """``kerapose export NAME`` (its default: end to end) then ``kerapose predict`` on the export."""
+    from kerapose.export.metadata import read_metadata
+
+    assert family.name in EXPORT_NAME, f"add the family {family.name!r} to EXPORT_NAME"
+    name = EXPORT_NAME[family.name]
+    side = str(max(128, 4 * family.size_multiple))  # small: the contract, not the accuracy, is tested here
+    out = str(tmp_path / "sm")
+    assert main(["export", "--model", name, "--format", "savedmodel", "--input-size", side, side,
+                 "--output", out]) == 0
+    meta = read_metadata(out)
+    assert meta["end_to_end"] is True and meta["family"] == family.name and meta["input_size"] == [int(side)] * 2
+    image = str(coco_mini_root / "val2017" / "000000192699.jpg")
+    capsys.readouterr()
+    assert main(["predict", out, image, "--out", str(tmp_path / "p"), "--no-draw", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 1 and summary["errors"] == []
+    assert isinstance(json.load(open(summary["predictions"])), list)
