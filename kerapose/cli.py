@@ -48,6 +48,8 @@ def _cmd_oracle(args: argparse.Namespace) -> int:
             print(f"  {key:5s} {res[key]:.4f}")
     if res.get("per_keypoint"):
         print("  per keypoint AP: " + ", ".join(f"{k} {v:.3f}" for k, v in res["per_keypoint"].items()))
+    if res.get("counters"):
+        print("  " + ", ".join(f"{k}: {v}" for k, v in res["counters"].items()))
     return 0
 
 

@@ -15,6 +15,7 @@ from kerapose.evaluation import box_results, evaluate_boxes, evaluate_keypoints,
 
 __all__ = ["oracle_codecs", "run_oracle"]
 
+
 def oracle_codecs() -> list[str]:
     """Every codec some family declares an oracle for (``kerapose oracle --codec``)."""
     from kerapose.models.registry import oracle_codecs as codecs
@@ -33,7 +34,9 @@ def run_oracle(
     """Encode and decode every image of ``split`` with ``codec`` and score it with pycocotools.
 
     Returns the COCO figures (keypoint AP for ``heatmap``, ``paf`` and ``prn``, box AP for
-    ``boxes``) plus ``codec``, ``split``, ``images`` and, for keypoints, ``per_keypoint``.
+    ``boxes``) plus ``codec``, ``split``, ``images``, for keypoints ``per_keypoint``, and
+    ``counters``: an oracle may return a fourth value, a dict of counts for the record (e.g.
+    PoseDet's ``lost``: people that shared a candidate with another), summed over the split.
     """
     from kerapose.models.registry import oracle_codecs as codecs
 
@@ -48,9 +51,12 @@ def run_oracle(
 
         bar = keras.utils.Progbar(len(ds), unit_name="image")
     results: list[dict] = []
+    counters: dict[str, int] = {}
     kind = "keypoints"
     for i, record in enumerate(ds):
-        kind, values, scores = fn(record)
+        kind, values, scores, *extra = fn(record)
+        for name, count in (extra[0] if extra else {}).items():
+            counters[name] = counters.get(name, 0) + int(count)
         values, scores = np.asarray(values), np.asarray(scores)
         if kind == "boxes":
             results += box_results(record.image_id, values, scores)
@@ -64,4 +70,4 @@ def run_oracle(
     else:
         metrics = evaluate_keypoints(ds.coco, results, image_ids=ds.image_ids, keypoint_set=keypoint_set,
                                      per_keypoint=True)
-    return {"codec": codec, "split": split, "images": len(ds), "metric": kind, **metrics}
+    return {"codec": codec, "split": split, "images": len(ds), "metric": kind, **metrics, "counters": counters}

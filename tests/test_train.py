@@ -36,7 +36,7 @@ _BAD_RECIPES = [  # (recipe text, the error it must raise: the file, the section
      r"stages\[0\].keypoints.schedule: Input should be 'plateau' or 'cosine'"),
     ("stages: [{name: keypoints, epochs: 1}]\n", "data.root"),
     ("stages: [{name: keypoints, epochs: 1, learning_rat: 1.0e-3}]\ndata: {root: x}\n",
-     r"stages\[0\].keypoints: unknown key learning_rat; accepted: batch_size, epochs, .*learning_rate"),
+     r"stages\[0\].keypoints: unknown key learning_rat; accepted: batch_size, .*epochs, .*learning_rate"),
     ("stages: [{name: keypoints, epochs: 1, inputs: network}]\ndata: {root: x}\n",
      r"stages\[0\].keypoints: unknown key inputs; accepted:"),
     ("stages: [{name: prn, epochs: 1, inputs: detections}]\ndata: {root: x}\n",

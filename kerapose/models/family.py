@@ -32,8 +32,9 @@ class ModelFamily:
             (``predict``, ``eval``, ``export``, ``serve``); ``None``: native resolution.
         info_input_size: the input size of ``kerapose info``'s FLOP table when none is given.
         recipe: the training part (:class:`kerapose.training.spec.RecipeSpec`), or None.
-        oracles: codec name -> ``(keypoint_set, stride) -> (record -> (kind, values, scores))``
-            for ``kerapose oracle``: the codec's ground truth encoded and decoded back.
+        oracles: codec name -> ``(keypoint_set, stride) -> (record -> (kind, values, scores[, counts]))``
+            for ``kerapose oracle``: the codec's ground truth encoded and decoded back; an optional
+            fourth value, a dict of counts (e.g. people lost), is summed over the split.
         pretrained: built-in names whose weights are trained (shipped or imported).
     """
 

@@ -15,11 +15,13 @@ import keras
 from kerapose.models.family import ModelFamily
 from kerapose.models.multiposenet.family import FAMILY as MULTIPOSENET
 from kerapose.models.paf.family import FAMILY as PAF
+from kerapose.models.posedet.family import FAMILY as POSEDET
+from kerapose.models.strongpose.family import FAMILY as STRONGPOSE
 
 __all__ = ["FAMILIES", "family_named", "family_of", "family_for_recipe", "recipe_model_names", "model_names",
            "build_model", "load_any_model", "oracle_codecs"]
 
-FAMILIES: tuple[ModelFamily, ...] = (MULTIPOSENET, PAF)
+FAMILIES: tuple[ModelFamily, ...] = (MULTIPOSENET, PAF, POSEDET, STRONGPOSE)
 
 _BY_BUILTIN = {name: fam for fam in FAMILIES for name in fam.builders}
 

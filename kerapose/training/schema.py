@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kerapose.training.precision import precision_policy
 
-__all__ = ["Section", "DataSection", "LrDecay", "StageBase", "RecipeBase", "constructor_keys", "format_validation_error",
-           "check_augment"]
+__all__ = ["Section", "DataSection", "LrDecay", "LrSteps", "StageBase", "RecipeBase", "constructor_keys",
+           "format_validation_error", "check_augment"]
 
 
 class Section(BaseModel):
@@ -75,6 +75,22 @@ class LrDecay(Section):
     every_steps: int = Field(ge=1)
 
 
+class LrSteps(Section):
+    """The learning rate times ``factor`` at each of ``epochs`` (epochs of the stage, counted from 1:
+    ``[180, 200]`` runs epochs 181.. at ``lr * factor`` and 201.. at ``lr * factor^2``). Epochs at
+    or past the stage's end never apply, so ``--epochs`` can shorten a recipe."""
+
+    epochs: list[int] = Field(min_length=1)
+    factor: float = Field(default=0.1, gt=0, lt=1)
+
+    @field_validator("epochs")
+    @classmethod
+    def _increasing(cls, value):
+        if any(v < 1 for v in value) or any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"expected increasing positive epoch numbers, got {list(value)}")
+        return value
+
+
 class StageBase(Section):
     """Keys every family's stage takes (``model.fit`` of one part of the model); see
     :func:`kerapose.training.optimizers.stage_optimizer` for how they combine."""
@@ -92,16 +108,26 @@ class StageBase(Section):
     schedule: Literal["plateau", "cosine"] = "plateau"
     warmup_steps: int = Field(default=0, ge=0)
     lr_decay: LrDecay | None = None
+    lr_steps: LrSteps | None = None
     plateau_factor: float = Field(default=0.1, gt=0, lt=1)
     plateau_patience: int | None = Field(default=None, ge=1)
     freeze_backbone: bool = False
+    # the norm of all gradients together clipped to this (Keras' global_clipnorm; None: no clipping)
+    global_clipnorm: float | None = Field(default=None, gt=0)
+    # Polyak averaging: the optimizer keeps an exponential moving average of the trainable weights
+    # with this momentum (Keras' use_ema), and the stage ends with the averages as the weights
+    # (None: no averaging)
+    ema_momentum: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _schedule(self):
         if self.warmup_steps and self.schedule != "cosine":
             raise ValueError(f"warmup_steps needs schedule: cosine, got schedule: {self.schedule}")
-        if self.lr_decay is not None and (self.schedule != "plateau" or self.plateau_patience):
-            raise ValueError("lr_decay is a schedule of its own: drop schedule: cosine and plateau_patience")
+        for key in ("lr_decay", "lr_steps"):
+            if getattr(self, key) is not None and (self.schedule != "plateau" or self.plateau_patience):
+                raise ValueError(f"{key} is a schedule of its own: drop schedule: cosine and plateau_patience")
+        if self.lr_decay is not None and self.lr_steps is not None:
+            raise ValueError("lr_decay and lr_steps are two schedules: give one")
         return self
 
 
@@ -110,6 +136,8 @@ class RecipeBase(Section):
     and ``evaluate``."""
 
     stage_names: ClassVar[tuple[str, ...]] = ()  # the family's stage names, in a useful order
+    # the family's augmentation defaults; a recipe's augment keys replace them one by one
+    augment_defaults: ClassVar[dict[str, Any]] = {}
 
     model: Any
     data: DataSection = DataSection()
@@ -120,6 +148,19 @@ class RecipeBase(Section):
     mixed_precision: bool | str = False
     stages: list[Any] = Field(min_length=1)
     evaluate: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_defaults(cls, data: Any) -> Any:
+        if cls.augment_defaults and isinstance(data, dict) and isinstance(data.get("augment", {}), dict):
+            data = {**data, "augment": {**cls.augment_defaults, **(data.get("augment") or {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _augment(self):
+        # every family's model section has the training crop as input_size
+        check_augment(self.augment, self.model.input_size)
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -35,6 +35,10 @@ APPLICATIONS_WEIGHTS: dict[str, tuple[str, str]] = {
         f"{_BASE}/resnet/resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "88cf7a10940856eca736dc7b7e228a21",
     ),
+    "resnet152": (
+        f"{_BASE}/resnet/resnet152_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "ee4c566cf9a93f14d82f913c2dc6dd0c",
+    ),
     "vgg19": (
         f"{_BASE}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "253f8cb515780f3b799900260a226db6",

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from kerapose.models.multiposenet.constants import KEYPOINT_STRIDE, POSE_SCORES
 from kerapose.models.multiposenet.network import MultiPoseNet
 from kerapose.training.optimizers import plateau_callbacks, stage_optimizer
-from kerapose.training.schema import RecipeBase, Section, StageBase, check_augment, constructor_keys
+from kerapose.training.schema import RecipeBase, Section, StageBase, constructor_keys
 from kerapose.training.spec import RecipeSpec, StagePlan, TrainContext
 
 __all__ = ["MultiPoseNetRecipe", "RECIPE", "evaluate_model"]
@@ -90,11 +90,6 @@ class MultiPoseNetRecipe(RecipeBase):
     targets: TargetsSection = TargetsSection()
     stages: list[Stage] = Field(min_length=1)
     evaluate: EvaluateSection = EvaluateSection()
-
-    @model_validator(mode="after")
-    def _augment(self):
-        check_augment(self.augment, self.model.input_size)
-        return self
 
 
 def _build(cfg: dict) -> MultiPoseNet:

@@ -23,7 +23,7 @@ from pydantic import Field, model_validator
 
 from kerapose.models.paf import networks
 from kerapose.training.optimizers import plateau_callbacks, stage_optimizer
-from kerapose.training.schema import RecipeBase, Section, StageBase, check_augment, constructor_keys
+from kerapose.training.schema import RecipeBase, Section, StageBase, constructor_keys
 from kerapose.training.spec import RecipeSpec, StagePlan, TrainContext
 
 __all__ = ["PAF_MODELS", "PafRecipe", "RECIPE", "build_paf_model", "evaluate_paf_model", "val_augment"]
@@ -102,6 +102,7 @@ class EvaluateSection(Section):
 
 
 class PafRecipe(RecipeBase):
+    augment_defaults = PAF_AUGMENT
     stage_names = ("paf",)
     model: ModelSection
     data: DataSection = DataSection()
@@ -109,18 +110,6 @@ class PafRecipe(RecipeBase):
     batch_size: int = Field(default=10, ge=1)
     stages: list[PafStage] = Field(min_length=1)
     evaluate: EvaluateSection = EvaluateSection()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _augment_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("augment", {}), dict):
-            data = {**data, "augment": {**PAF_AUGMENT, **(data.get("augment") or {})}}
-        return data
-
-    @model_validator(mode="after")
-    def _augment(self):
-        check_augment(self.augment, self.model.input_size)
-        return self
 
 
 def build_paf_model(model_config: dict) -> keras.Model:
