@@ -1,4 +1,5 @@
-"""``predict_poses`` for every task model: one traced end-to-end graph per setting, run image by image."""
+"""What every task model shares: ``predict_poses`` (one traced end-to-end graph per setting, run
+image by image) and the constructor arguments of its saved config."""
 
 from __future__ import annotations
 
@@ -34,3 +35,13 @@ def predict_with_graph(cache: dict, key: tuple, build: Callable, images) -> list
         results.append({"keypoints": out["keypoints"][0, :n], "scores": out["scores"][0, :n],
                         "boxes": out["boxes"][0, :n]})
     return results
+
+
+def constructor_kwargs(config: dict) -> dict:
+    """A task model's ``get_config`` -> its constructor's keyword arguments: Keras' own
+    ``trainable`` / ``dtype`` dropped, the JSON list ``input_shape`` back to a tuple."""
+    config = dict(config)
+    config.pop("trainable", None)
+    config.pop("dtype", None)
+    config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+    return config

@@ -138,6 +138,8 @@ class RecipeBase(Section):
     stage_names: ClassVar[tuple[str, ...]] = ()  # the family's stage names, in a useful order
     # the family's augmentation defaults; a recipe's augment keys replace them one by one
     augment_defaults: ClassVar[dict[str, Any]] = {}
+    # True: the family trains on annotations in its model's keypoint set (data.keypoint_set must agree)
+    data_in_model_set: ClassVar[bool] = False
 
     model: Any
     data: DataSection = DataSection()
@@ -155,6 +157,14 @@ class RecipeBase(Section):
         if cls.augment_defaults and isinstance(data, dict) and isinstance(data.get("augment", {}), dict):
             data = {**data, "augment": {**cls.augment_defaults, **(data.get("augment") or {})}}
         return data
+
+    @model_validator(mode="after")
+    def _keypoint_sets(self):
+        model_set = getattr(self.model, "keypoint_set", None) or "coco17"
+        if self.data_in_model_set and self.data.keypoint_set not in (None, model_set):
+            raise ValueError(f"data.keypoint_set {self.data.keypoint_set!r} differs from model.keypoint_set "
+                             f"{model_set!r}: this family trains on annotations in its own keypoint set")
+        return self
 
     @model_validator(mode="after")
     def _augment(self):

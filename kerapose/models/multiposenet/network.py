@@ -13,7 +13,7 @@ from kerapose.necks.fpn import feature_pyramid
 from kerapose.models.multiposenet.constants import (KEYPOINT_STRIDE, MULTIPOSENET_BACKBONES, PERSON_LEVELS,
                                                     POSE_SCORES, SIZE_MULTIPLE, check_pose_score)
 from kerapose.models.multiposenet.end_to_end import multiposenet_end_to_end
-from kerapose.models.poses import predict_with_graph
+from kerapose.models.poses import constructor_kwargs, predict_with_graph
 from kerapose.skeleton import get_keypoint_set
 
 __all__ = ["MultiPoseNet"]
@@ -194,8 +194,5 @@ class MultiPoseNet(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> "MultiPoseNet":
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+        config = constructor_kwargs(config)
         return cls(**config)

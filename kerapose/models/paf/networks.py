@@ -28,6 +28,7 @@ from kerapose.heads.transfer import (
 )
 from kerapose.layers import SizeCheck
 from kerapose.skeleton import KeypointSet, get_keypoint_set
+from kerapose.models.poses import constructor_kwargs
 
 __all__ = [
     "PafBaseline",
@@ -155,10 +156,7 @@ class PafModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict):
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+        config = constructor_kwargs(config)
         return cls(**config)
 
 

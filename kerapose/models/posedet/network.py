@@ -21,6 +21,7 @@ from kerapose.heads.posedet import HEAD_NORMS, posedet_head
 from kerapose.layers import SizeCheck
 from kerapose.necks.fpn import feature_pyramid
 from kerapose.skeleton import get_keypoint_set
+from kerapose.models.poses import constructor_kwargs
 
 __all__ = ["PoseDet", "POSEDET_BACKBONES", "POSEDET_CONFIGS", "SIZE_MULTIPLE", "DEFAULT_INPUT_SIZE",
            "CandidatePoses"]
@@ -298,9 +299,6 @@ class PoseDet(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> "PoseDet":
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+        config = constructor_kwargs(config)
         config["levels"] = tuple(config.get("levels", (3, 4, 5, 6)))
         return cls(**config)

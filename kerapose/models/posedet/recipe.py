@@ -109,19 +109,12 @@ class EvaluateSection(Section):
 
 class PoseDetRecipe(RecipeBase):
     augment_defaults = POSEDET_AUGMENT
+    data_in_model_set = True
     stage_names = ("posedet",)
     model: ModelSection = ModelSection()
     targets: TargetsSection = TargetsSection()
     stages: list[PoseDetStage] = Field(min_length=1)
     evaluate: EvaluateSection = EvaluateSection()
-
-    @model_validator(mode="after")
-    def _keypoint_sets(self):
-        model_set = getattr(self.model, "keypoint_set", None) or "coco17"
-        if self.data.keypoint_set not in (None, model_set):
-            raise ValueError(f"data.keypoint_set {self.data.keypoint_set!r} differs from model.keypoint_set "
-                             f"{model_set!r}: PoseDet trains on annotations in its own keypoint set")
-        return self
 
 
 def _build(cfg: dict) -> PoseDet:

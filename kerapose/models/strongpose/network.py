@@ -8,6 +8,7 @@ from kerapose.backbones.resnet import resnet_backbone
 from kerapose.codecs.strongpose import StrongPoseCodec
 from kerapose.heads.strongpose import ResizeToStride, strongpose_heads
 from kerapose.skeleton import get_keypoint_set
+from kerapose.models.poses import constructor_kwargs
 
 __all__ = ["StrongPose", "STRONGPOSE_BACKBONES", "DEFAULT_INPUT_SIZE", "OUTPUTS", "DECODER_SETTINGS"]
 
@@ -198,10 +199,7 @@ class StrongPose(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> "StrongPose":
-        config = dict(config)
-        config.pop("trainable", None)
-        config.pop("dtype", None)
-        config["input_shape"] = tuple(config.get("input_shape", (None, None, 3)))
+        config = constructor_kwargs(config)
         return cls(**config)
 
 

@@ -91,6 +91,7 @@ class EvaluateSection(Section):
 
 class StrongPoseRecipe(RecipeBase):
     augment_defaults = STRONGPOSE_AUGMENT
+    data_in_model_set = True
     stage_names = ("strongpose",)
     model: ModelSection = ModelSection()
     targets: TargetsSection = TargetsSection()
@@ -107,14 +108,6 @@ class StrongPoseRecipe(RecipeBase):
         if size is not None and any(v <= 0 or v % stride for v in size):
             raise ValueError(f"evaluate.input_size: expected [H, W], positive multiples of the output stride "
                              f"{stride}, got {list(size)}")
-        return self
-
-    @model_validator(mode="after")
-    def _keypoint_sets(self):
-        model_set = getattr(self.model, "keypoint_set", None) or "coco17"
-        if self.data.keypoint_set not in (None, model_set):
-            raise ValueError(f"data.keypoint_set {self.data.keypoint_set!r} differs from model.keypoint_set "
-                             f"{model_set!r}: StrongPose trains on annotations in its own keypoint set")
         return self
 
 
