@@ -217,3 +217,14 @@ def test_check_dataset_on_clean_coco_and_file_errors(coco_mini_root, tmp_path):
     (tmp_path / "annotations" / "person_keypoints_x.json").write_text('{"images": 3}')
     with pytest.raises(ValueError, match="'images' must be a list"):
         check_dataset(str(tmp_path), "x")
+
+
+def test_restrict_is_a_view_that_leaves_the_loader_whole(coco_train):
+    # a session-wide loader narrowed in place once cut a later test's 86 people to 9
+    total = len(coco_train)
+    first, second = coco_train.image_ids[1], coco_train.image_ids[0]
+    view = coco_train.restrict([first, second])
+    assert [r.image_id for r in view] == [first, second]
+    assert len(coco_train) == total and coco_train.image_ids == sorted(coco_train.image_ids)
+    with pytest.raises(ValueError, match=r"data.image_ids: \[-1\] not in split 'train2017'"):
+        coco_train.restrict([first, -1])

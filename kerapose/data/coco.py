@@ -18,6 +18,7 @@ repaired, and each case is counted by kind with one example in
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import itertools
 import json
@@ -456,16 +457,19 @@ class CocoKeypoints:
         return self.annotation_issues.skipped_annotations
 
     def restrict(self, image_ids) -> "CocoKeypoints":
-        """Keep only ``image_ids`` (in that order), e.g. a recipe's ``data.image_ids``; ``None``
-        keeps every image. An id that is not in the split is a ``ValueError`` naming it."""
+        """A view of this split holding only ``image_ids`` (in that order), e.g. a recipe's
+        ``data.image_ids``; ``None`` keeps every image. An id that is not in the split is a
+        ``ValueError`` naming it. ``self`` is left as it was: loaders are shared (test fixtures,
+        a trainer's train and val sets), and narrowing one in place narrowed every user of it."""
         if image_ids is None:
             return self
         ids = [int(i) for i in image_ids]
         missing = sorted(set(ids) - set(self.image_ids))
         if missing:
             raise ValueError(f"data.image_ids: {missing[:5]} not in split {self.split!r} ({self.ann_file})")
-        self.image_ids = ids
-        return self
+        view = copy.copy(self)  # shares the read-only COCO index; only the id list differs
+        view.image_ids = ids
+        return view
 
     def __len__(self) -> int:
         return len(self.image_ids)
