@@ -104,17 +104,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         raise ValueError(f"{args.model!r}: not a built-in model, a .keras file or a SavedModel directory")
     calibration = args.calibration_data
-    if calibration and _os.path.isdir(calibration) and not any(
-            f.lower().endswith((".jpg", ".jpeg", ".png")) for f in _os.listdir(calibration)):
-        raise ValueError(f"--calibration-data {calibration}: no .jpg/.png images in the folder")
+    if calibration:  # a bad folder fails before the slow export, naming the flag
+        from kerapose.export.tflite import read_calibration_images
+
+        try:
+            read_calibration_images(calibration, limit=1)
+        except ValueError as e:
+            raise ValueError(f"--calibration-data: {e}") from None
     if args.raw and args.end_to_end:
         raise ValueError("--raw and --end-to-end contradict each other: the default is end to end; --raw exports "
                          "the network alone")
     end_to_end = not args.raw and not isinstance(model, str)  # a SavedModel folder keeps its own signature
-    if end_to_end and args.quantize == "int8":
-        raise ValueError("--quantize int8 exports the raw network only (full-integer quantization would reach "
-                         "the decoder's coordinates): add --raw and decode outside, or use fp16 / dynamic end to "
-                         "end")
     options = {"overwrite": args.overwrite}
     if args.version is not None:
         options["version"] = args.version

@@ -89,6 +89,8 @@ class SizeCheck(keras.layers.Layer):
     images to a valid size before they get here.
     """
 
+    keeps_float = True  # int8 export keeps it float32: geometry, not features
+
     def __init__(self, multiple: int, **kwargs):
         super().__init__(**kwargs)
         self.multiple = int(multiple)
@@ -129,6 +131,8 @@ class Letterbox(keras.layers.Layer):
     Returns the float image and the scale (network pixels per image pixel) of each image.
     All images of a batch share one size (a batch is one tensor).
     """
+
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
 
     def __init__(self, size: tuple[int, int], **kwargs):
         super().__init__(**kwargs)

@@ -228,9 +228,9 @@ def test_bad_format_and_options_raise_value_errors(tiny, model, workdir, calibra
         export_model(tiny, "tflite", out, quantize="fp16", calibration_images=calibration_paths)
     with pytest.raises(ValueError, match=r"does not take option\(s\) version"):
         export_model(tiny, "onnx", out, version=1)
-    with pytest.raises(ValueError, match="does not work with end_to_end=True.*accepted with end_to_end: none, fp16, "
-                                         "dynamic"):
-        export_model(model, "tflite", out, quantize="int8", end_to_end=True, calibration_images=calibration_paths)
+    with pytest.raises(ValueError, match="integer_io=True is for the raw network"):
+        export_model(model, "tflite", out, quantize="int8", end_to_end=True, calibration_images=calibration_paths,
+                     integer_io=True)
     with pytest.raises(ValueError, match="end_to_end=True needs a model with an in-graph decoder"):
         export_model(tiny, "savedmodel", out, end_to_end=True, input_size=(32, 32))
     with pytest.raises(ValueError, match="multiples of 32"):

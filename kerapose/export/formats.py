@@ -90,7 +90,7 @@ FORMATS: tuple[ExportFormat, ...] = (
     ),
     ExportFormat(
         name="tflite", suffix=".tflite", quantize=("none", "fp16", "dynamic", "int8"), end_to_end=True,
-        end_to_end_quantize=("none", "fp16", "dynamic"), calibration=("int8",), module="kerapose.export.tflite",
+        end_to_end_quantize=("none", "fp16", "dynamic", "int8"), calibration=("int8",), module="kerapose.export.tflite",
         function="export_tflite",
         options=("num_calibration", "integer_io"), runtime="LiteRT / ai-edge-litert (builtin ops only)",
         runner="TFLiteRunner",

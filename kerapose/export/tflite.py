@@ -12,11 +12,11 @@ Quantization (``quantize``):
   GPU delegates can run it in fp16).
 - ``dynamic``: int8 weights, activations quantized on the fly (no calibration data).
 - ``int8``: weights and activations int8, ranges calibrated on real images
-  (``calibration_images``). Inputs and outputs stay float32 unless ``integer_io=True``
-  (int8 tensors, for integer-only accelerators). Raw network only: on the end-to-end graph
-  full-integer quantization reaches the decoder (measured: the NMS loop's IoU division fails
-  with ``div.cc data[i] != zero_point``, and pixel coordinates would be 8-bit), so
-  ``end_to_end=True`` takes ``none``, ``fp16`` or ``dynamic``.
+  (``calibration_images``). Raw network: inputs and outputs stay float32 unless
+  ``integer_io=True`` (int8 tensors, for integer-only accelerators). End to end: the network
+  is int8 and the decoding float32 (:mod:`kerapose.export.int8`); the export prints how well
+  its people agree with the float32 graph's on the calibration images and warns past
+  :data:`kerapose.export.int8.AGREEMENT_LIMITS`.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ import glob
 import os
 from typing import Iterator
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from kerapose.export.metadata import embed_tflite_metadata
 from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, resolve_input_size, savedmodel_source
 
-__all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images"]
+__all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images", "read_calibration_images"]
 
 TFLITE_QUANTIZE = ("none", "fp16", "dynamic", "int8")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -59,27 +60,38 @@ def letterbox_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def load_calibration_images(images, input_size: tuple[int, int], limit: int = 100) -> np.ndarray:
-    """Calibration images as uint8 ``[N, H, W, 3]`` letterboxed into ``input_size``.
+def read_calibration_images(images, limit: int = 100) -> list[np.ndarray]:
+    """Calibration images as RGB uint8 arrays ``[H, W, 3]`` of their own sizes.
 
-    ``images``: a directory (its .jpg/.png files), or a sequence of image paths and/or RGB uint8
-    arrays ``[H, W, 3]``. At most ``limit`` images are used.
+    ``images``: a directory (its .jpg/.jpeg/.png/.bmp files), or a sequence of image paths and/or
+    RGB uint8 arrays. At most ``limit`` images are used. A missing or empty folder, an unreadable
+    file or an array that is not RGB uint8 is a ``ValueError`` naming it.
     """
+    where = "calibration_images"
     if isinstance(images, (str, os.PathLike)):
-        folder = os.fspath(images)
+        folder = where = os.fspath(images)
         if not os.path.isdir(folder):
             raise ValueError(f"calibration_images: {folder} is not a directory")
         images = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(_IMAGE_SUFFIXES))
+        if not images:
+            raise ValueError(f"calibration_images: {folder} holds no images ({', '.join(_IMAGE_SUFFIXES)}): int8 "
+                             f"calibration needs real images like the ones the model will see")
     images = list(images)[:limit]
     if not images:
-        raise ValueError("calibration_images is empty: int8 calibration needs real images")
+        raise ValueError(f"{where} is empty: int8 calibration needs real images")
     out = []
     for i, item in enumerate(images):
         arr = _read_rgb(os.fspath(item)) if isinstance(item, (str, os.PathLike)) else np.asarray(item)
         if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
             raise ValueError(f"calibration image {i}: expected RGB uint8 [H, W, 3], got {arr.dtype} {arr.shape}")
-        out.append(letterbox_uint8(arr, input_size))
-    return np.stack(out)
+        out.append(arr)
+    return out
+
+
+def load_calibration_images(images, input_size: tuple[int, int], limit: int = 100) -> np.ndarray:
+    """Calibration images (see :func:`read_calibration_images`) as uint8 ``[N, H, W, 3]``
+    letterboxed into ``input_size``, the raw network's input."""
+    return np.stack([letterbox_uint8(arr, input_size) for arr in read_calibration_images(images, limit)])
 
 
 def _converter(saved_model_dir: str, quantize: str, calibration: np.ndarray | None,
@@ -139,15 +151,21 @@ def export_tflite(
         raise ValueError(f"tflite quantize={quantize!r} is not supported; accepted: {', '.join(TFLITE_QUANTIZE)}")
     if integer_io and quantize != "int8":
         raise ValueError(f"integer_io=True needs quantize='int8', got quantize={quantize!r}")
-    if quantize == "int8" and end_to_end:
-        raise ValueError("tflite quantize='int8' does not work with end_to_end=True: full-integer quantization "
-                         "reaches the in-graph decoder (NMS IoU divisions fail on int8; box and keypoint pixel "
-                         "coordinates would be 8-bit); accepted with end_to_end: none, fp16, dynamic. Export the "
-                         "raw network as int8 and decode outside, or use quantize='dynamic'")
     if quantize == "int8" and calibration_images is None:
         raise ValueError("quantize='int8' needs calibration_images (a directory or a list of image paths/arrays)")
     if quantize != "int8" and calibration_images is not None:
         raise ValueError(f"calibration_images are only used with quantize='int8', got quantize={quantize!r}")
+    if quantize == "int8" and end_to_end:
+        if integer_io:
+            raise ValueError("integer_io=True is for the raw network; the end-to-end graph takes uint8 images and "
+                             "returns float32 people")
+        if not isinstance(model, keras.Model):
+            raise ValueError("tflite int8 end to end needs the Keras model (its layers say what stays float32), "
+                             f"got {type(model).__name__}: pass the .keras model or a built-in name")
+        return _export_int8_end_to_end(model, output, read_calibration_images(calibration_images, num_calibration),
+                                       input_size=input_size, max_people=max_people,
+                                       score_threshold=score_threshold, iou_threshold=iou_threshold,
+                                       overwrite=overwrite)
     calibration = None
     if quantize == "int8":  # read the images first: a bad list fails before the slow export
         if isinstance(model, (str, os.PathLike)):
@@ -166,6 +184,43 @@ def export_tflite(
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return os.path.abspath(output)
+
+
+def _export_int8_end_to_end(model, output: str, images: list[np.ndarray], *, input_size, max_people: int,
+                            score_threshold: float, iou_threshold: float, overwrite: bool) -> str:
+    """``quantize='int8', end_to_end=True``: see :mod:`kerapose.export.int8`."""
+    import tempfile
+
+    from kerapose.export.int8 import agreement, check_agreement, float_layer_names, quantize_end_to_end
+    from kerapose.export.savedmodel import serving_model, write_serving_savedmodel
+
+    e2e, spec, meta = serving_model(model, True, input_size, max_people, score_threshold, iou_threshold,
+                                    fmt="tflite", quantize="int8")
+    floats = float_layer_names(e2e)
+    print(f"[kerapose] int8: calibrating on {len(images)} images; {len(floats[0]) + len(floats[1])} layers stay "
+          f"float32 (decoding, masks, per-image statistics)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="kerapose-export-") as tmp:
+        sm_dir = os.path.join(tmp, "saved_model")
+        write_serving_savedmodel(e2e, spec, sm_dir)
+        flatbuffer = quantize_end_to_end(sm_dir, SIGNATURE_KEY, images, floats)
+    reference = [_people(e2e(image[None], training=False)) for image in images]
+    with atomic_file(output, overwrite=overwrite) as tmp_path:
+        with open(tmp_path, "wb") as f:
+            f.write(flatbuffer)
+        runner = TFLiteRunner(tmp_path)
+        report = agreement(reference, [_people(runner(image=image[None])) for image in images], images)
+        del runner
+        meta = {**meta, "int8": {"float_layers": sorted(floats[0] | floats[1]), "calibration_agreement": report}}
+        with open(tmp_path, "wb") as f:
+            f.write(embed_tflite_metadata(flatbuffer, meta))
+    check_agreement(report)
+    return os.path.abspath(output)
+
+
+def _people(outputs) -> dict:
+    """The first image's people of an end-to-end output dict, unpadded."""
+    n = int(np.asarray(outputs["num_poses"])[0])
+    return {"keypoints": np.asarray(outputs["keypoints"])[0, :n], "scores": np.asarray(outputs["scores"])[0, :n]}
 
 
 def _savedmodel_image_spec(saved_model_dir: str) -> tf.TensorSpec:

@@ -38,6 +38,8 @@ class MultiPoseNetDecoder(keras.layers.Layer):
             it; a box that holds a weak or diffuse pose then ranks below a clean one.
     """
 
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
+
     def __init__(self, prn: keras.Model, input_size, keypoint_set: str = "coco17", max_people: int = 20,
                  score_threshold: float = 0.3, iou_threshold: float = 0.5, prn_margin: float = 0.1,
                  pose_score: str = "box", **kwargs):
@@ -116,6 +118,8 @@ class HeatmapTestTimeAugment(keras.layers.Layer):
     Scales: the network runs on the image resized by each factor (to multiples of 32); the
     heatmaps are resized back to the base grid. Person boxes come from the base pass only.
     """
+
+    keeps_float = True  # int8 export keeps it float32: decoding-time flips and averages
 
     def __init__(self, network: keras.Model, flip_index, flip: bool = False, scales=(), **kwargs):
         super().__init__(**kwargs)

@@ -56,6 +56,8 @@ class PafFrame(keras.layers.Layer):
         multiple: with ``size=None``, pad H and W up to multiples of this.
     """
 
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
+
     def __init__(self, size: tuple[int, int] | None = None, multiple: int = 8, **kwargs):
         super().__init__(**kwargs)
         self.size = None if size is None else (int(size[0]), int(size[1]))
@@ -108,6 +110,8 @@ class PafPosesToImage(keras.layers.Layer):
     ``keypoints``, ``scores``, ``boxes`` (x1, y1, x2, y2 around the person's found parts) and
     ``num_poses``. Missing parts (score 0) stay (0, 0, 0); rows past ``num_poses`` are zeros.
     """
+
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
 
     def call(self, keypoints, scores, num_poses, scale):
         kp = tf.cast(keypoints, tf.float32)

@@ -109,6 +109,8 @@ class PoseDetDecoder(keras.layers.Layer):
         pre_nms_top_k: candidates kept by score before NMS (over all levels).
     """
 
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
+
     def __init__(self, keypoint_set: str = "coco17", max_people: int = 20, score_threshold: float = 0.3,
                  nms: str = "oks", oks_threshold: float | None = None, iou_threshold: float = 0.5,
                  pre_nms_top_k: int = 100, **kwargs):
@@ -188,6 +190,8 @@ class PoseDetDecoder(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="kerapose")
 class ImageSize(keras.layers.Layer):
     """Image batch ``[B, H, W, C]`` -> its ``(H, W)`` as int32 ``[2]``."""
+
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
 
     def call(self, image):
         return tf.shape(image)[1:3]

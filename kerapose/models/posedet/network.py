@@ -53,6 +53,8 @@ class CandidatePoses(keras.layers.Layer):
     input size) the candidate locations are constants in the graph.
     """
 
+    keeps_float = True  # int8 export keeps it float32: candidate poses are pixel coordinates
+
     def __init__(self, stride: int, num_keypoints: int, **kwargs):
         super().__init__(**kwargs)
         if int(stride) != stride or stride < 1:

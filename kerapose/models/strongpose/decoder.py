@@ -344,6 +344,8 @@ class StrongPoseDecoder(keras.layers.Layer):
         **codec_config: :class:`kerapose.codecs.strongpose.StrongPoseCodec` arguments.
     """
 
+    keeps_float = True  # int8 export keeps it float32: coordinates and scores are never int8
+
     def __init__(self, max_people: int = 20, keypoint_set: str = "coco17", stride: int = 8, radius: float = 16.0,
                  nms_radius: float = 10.0, peak_threshold: float = 0.01, max_seeds: int = 512, refine_steps: int = 2,
                  keypoint_score: str = "expected_oks", instance_score: str = "soft_nms",

