@@ -201,7 +201,7 @@ def test_multiposenet_overfits_a_few_coco_images(coco_mini_root, tmp_path):
     cfg["model"].update(input_size=[192, 192], backbone_width=0.5)
     cfg["data"]["image_ids"] = ids = [30752, 37666, 84533]
     cfg["batch_size"] = 3
-    for stage, epochs in zip(cfg["stages"], (4, 10, 10)):
+    for stage, epochs in zip(cfg["stages"], (4, 5, 10)):
         stage["epochs"] = epochs
     # RetinaNet's own inference threshold: a person the short detector stage scores below the
     # recipe's 0.3 still counts (one of three people is a third of the AP; at 0.3 this run
@@ -216,5 +216,5 @@ def test_multiposenet_overfits_a_few_coco_images(coco_mini_root, tmp_path):
     # The recipe's longer run reaches 0.685. This short one varies from run to run with CPU thread
     # nondeterminism, and with three people AP moves in large steps: at 256x256 full width it
     # scored 0.670, 0.366, 0.560 (and 0.335 with cosine-decayed stages), at 192x192 half width
-    # 0.673, so the bar is set below the lowest of those.
+    # 0.673 (10 person epochs) and 0.664 (5, as here), so the bar is set below the lowest of those.
     assert metrics["AP"] >= 0.25
