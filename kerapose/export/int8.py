@@ -74,13 +74,12 @@ def _belongs(name: str, pattern: re.Pattern | None) -> bool:
     return pattern is not None and bool(parts) and all(pattern.search(p) for p in parts)
 
 
-def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterable[str]) -> tuple[bytes, int]:
+def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterable[str]) -> bytes:
     """The calibrated flatbuffer without the ranges of the float-only tensors (see module doc)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
     dec_pattern, inner_pattern = _name_pattern(decoding), _name_pattern(inner)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
-    stripped = 0
     for index, subgraph in enumerate(model.subgraphs):
         outputs = set(subgraph.outputs if index == 0 and subgraph.outputs is not None else ())
         names = [t.name.decode() for t in subgraph.tensors or ()]
@@ -100,10 +99,8 @@ def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterabl
         to_decoder = {t for t, outs in readers.items() if t not in floats and all(o <= dec for o in outs)}
         for t in (floats - boundary) | to_decoder:
             tensor = subgraph.tensors[t]
-            if tensor.quantization is not None and tensor.quantization.min is not None:
-                tensor.quantization = None
-                stripped += 1
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), stripped
+            tensor.quantization = None
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: list[np.ndarray],
@@ -123,7 +120,7 @@ def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: l
     # The debugger is TFLite's public way to quantize a calibrated model with options; its
     # numeric-verify model is built once and not used.
     debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(()))
-    debugger.calibrated_model, _ = _strip_statistics(debugger.calibrated_model, *float_layers)
+    debugger.calibrated_model = _strip_statistics(debugger.calibrated_model, *float_layers)
     try:
         return debugger.get_nondebug_quantized_model()
     except Exception as e:  # the MLIR quantizer's own error text is on stderr
