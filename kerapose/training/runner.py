@@ -28,7 +28,7 @@ import yaml
 from kerapose.models.registry import family_for_recipe
 from kerapose.training.distribute import (barrier, batch_norm_layers, get_strategy, is_chief, task_state_dir,
                                           worker_position)
-from kerapose.training.precision import precision_policy, restores_dtype_policy
+from kerapose.training.precision import describe_auto_precision, precision_policy, restores_dtype_policy
 from kerapose.training.spec import TrainContext
 
 __all__ = ["train", "fit_stage", "atomic_save", "TaskCheckpoint", "SkipReport", "prepare_data"]
@@ -140,6 +140,8 @@ def train(config: dict, output: str, strategy: str = "default", verbose: int = 1
     seed = int(config["seed"])
     keras.utils.set_random_seed(seed)
     policy = precision_policy(config.get("mixed_precision"))
+    if config.get("mixed_precision") == "auto" and verbose:
+        print(f"[kerapose] {describe_auto_precision()}", flush=True)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     chief = is_chief()
