@@ -97,20 +97,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import os as _os
 
-    if args.model in model_names() or args.model.endswith(".keras"):
-        model = load_any_model(args.model)
-    elif _os.path.isdir(args.model):
-        model = args.model  # a kerapose SavedModel directory, for the converters
-    else:
-        raise ValueError(f"{args.model!r}: not a built-in model, a .keras file or a SavedModel directory")
     calibration = args.calibration_data
-    if calibration:  # a bad folder fails before the slow export, naming the flag
+    if calibration:  # a bad folder fails before the model loads and the slow export, naming the flag
         from kerapose.export.tflite import read_calibration_images
 
         try:
             read_calibration_images(calibration, limit=1)
         except ValueError as e:
             raise ValueError(f"--calibration-data: {e}") from None
+    if args.model in model_names() or args.model.endswith(".keras"):
+        model = load_any_model(args.model)
+    elif _os.path.isdir(args.model):
+        model = args.model  # a kerapose SavedModel directory, for the converters
+    else:
+        raise ValueError(f"{args.model!r}: not a built-in model, a .keras file or a SavedModel directory")
     if args.raw and args.end_to_end:
         raise ValueError("--raw and --end-to-end contradict each other: the default is end to end; --raw exports "
                          "the network alone")
@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--model", required=True, help="built-in model name, .keras file or kerapose SavedModel folder")
     ex.add_argument("--format", required=True, choices=[f.name for f in FORMATS])
     ex.add_argument("--quantize", help="; ".join(f"{f.name}: {', '.join(f.quantize)}" for f in FORMATS))
-    ex.add_argument("--calibration-data", help="folder of real images for int8 calibration")
+    ex.add_argument("--calibration-data", help="folder of real images: int8 calibrates on them, and int8 and dynamic "
+                    "exports are checked against float32 on them")
     ex.add_argument("--end-to-end", action="store_true",
                     help="uint8 image of any size in, people out, decoding in the graph (the default)")
     ex.add_argument("--raw", action="store_true",
