@@ -38,6 +38,16 @@ def coco_mini_root(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def calibration_dir(coco_mini_root: Path, tmp_path_factory) -> Path:
+    """A folder of 6 coco-mini train2017 images (linked: the data stays in shared/), for the
+    quantized exports' --calibration-data."""
+    folder = tmp_path_factory.mktemp("calibration")
+    for path in sorted((coco_mini_root / "train2017").glob("*.jpg"))[:6]:
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def coco_val(coco_mini_root: Path):
     from kerapose.data.coco import CocoKeypoints
 

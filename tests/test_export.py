@@ -166,7 +166,9 @@ def test_capability_table_is_consistent_and_documented():
             assert callable(getattr(mod, f.runner))
     assert {f.name: f.suffix for f in FORMATS} == {"savedmodel": "", "tflite": ".tflite", "onnx": ".onnx",
                                                     "tftrt": ""}
-    assert FORMATS[1].quantize == ("none", "fp16", "dynamic", "int8") and FORMATS[1].calibration == ("int8",)
+    assert FORMATS[1].quantize == ("none", "fp16", "dynamic", "int8") and FORMATS[1].calibration == ("dynamic",
+                                                                                                     "int8")
+    assert FORMATS[2].quantize == ("none", "int8") and FORMATS[2].calibration == ("int8",)
     assert FORMATS[3].quantize == ("fp32", "fp16")
     # The docs embed the table generated from FORMATS.
     docs = os.path.join(os.path.dirname(__file__), "..", "docs", "export.md")
@@ -207,6 +209,19 @@ def test_every_table_entry_exports_and_runs(fmt, quantize, tiny, workdir, calibr
     for k in ref:
         scale = max(1.0, float(np.abs(ref[k]).max()))
         assert np.abs(got[k] - ref[k]).max() <= tol * scale, (fmt, quantize, k)
+    if calib is not None:  # the export measured itself against float32 on the calibration images
+        from kerapose.export.metadata import read_metadata
+        from kerapose.export.tflite import letterbox_uint8, read_calibration_images
+
+        stored = read_metadata(path)[quantize]["calibration_relative_rms"]
+        assert set(stored) == set(ref)
+        xc = np.stack([letterbox_uint8(i, (32, 32)) for i in read_calibration_images(calib)]).astype(np.float32)
+        kref = {k: np.asarray(v, np.float64) for k, v in tiny(xc).items()}
+        mine = getattr(importlib.import_module(spec.module), spec.runner)(path)
+        kgot = {k: np.concatenate([mine(xc[i:i + 1])[k] for i in range(len(xc))]) for k in kref}
+        for k in kref:  # against Keras here, against the float32 conversion in the export: close, not equal
+            rms = np.sqrt(np.mean((kgot[k] - kref[k]) ** 2)) / np.sqrt(np.mean(kref[k] ** 2))
+            assert abs(stored[k] - rms) <= 0.01 + 0.1 * rms, (k, stored[k], rms)
 
 
 def test_bad_format_and_options_raise_value_errors(tiny, model, workdir, calibration_paths):
@@ -218,12 +233,15 @@ def test_bad_format_and_options_raise_value_errors(tiny, model, workdir, calibra
     with pytest.raises(ValueError, match=r"'tflite' does not accept quantize='int4'; accepted: none, fp16, dynamic, "
                                          r"int8"):
         export_model(tiny, "tflite", out, quantize="int4")
-    with pytest.raises(ValueError, match=r"'onnx' does not accept quantize='fp16'; accepted: none"):
+    with pytest.raises(ValueError, match=r"'onnx' does not accept quantize='fp16'; accepted: none, int8$"):
         export_model(tiny, "onnx", out, quantize="fp16")
     with pytest.raises(ValueError, match=r"'tftrt' does not accept quantize='int8'; accepted: fp32, fp16"):
         export_model(tiny, "tftrt", out, quantize="int8")
     with pytest.raises(ValueError, match="needs calibration_images"):
         export_model(tiny, "tflite", out, quantize="int8", input_size=(32, 32))
+    with pytest.raises(ValueError, match=r"tflite quantize='dynamic' needs calibration_images .*: real images to "
+                                         r"check the export against float32 on$"):
+        export_model(tiny, "tflite", out, quantize="dynamic", input_size=(32, 32))
     with pytest.raises(ValueError, match="calibration_images are not used by tflite quantize='fp16'"):
         export_model(tiny, "tflite", out, quantize="fp16", calibration_images=calibration_paths)
     with pytest.raises(ValueError, match=r"does not take option\(s\) version"):
@@ -603,3 +621,44 @@ def test_interrupted_export_leaves_no_model(tiny, workdir, monkeypatch):
     assert not os.path.exists(target)
     assert sorted(os.listdir(workdir / "crash")) == ["tiny"]  # no temporary file left
     shutil.rmtree(workdir / "crash")
+
+
+def test_tflite_int8_end_to_end_that_would_quantize_the_decoding_is_refused(model, workdir, calibration_paths):
+    """MultiPoseNet's person logits and boxes reach its decoder through concatenations, which take
+    their int8 scale from their inputs; TFLite's quantizer then runs the decoder's sigmoid, top-k
+    and box gathers (and the PRN's softmax) in int8, and the trained quickstart model's int8 file
+    found nobody where float32 found 282 people. The export refuses instead of writing that file."""
+    from kerapose.export import export_model
+
+    out = workdir / "mpn_e2e_int8.tflite"
+    with pytest.raises(RuntimeError, match=r"put \d+ of the decoding's values in int8 \(e\.g\. .*decoder.*\): its "
+                                           r"coordinates or scores would be wrong, so nothing was written\. Use "
+                                           r"--format onnx --quantize int8"):
+        export_model(model, "tflite", str(out), quantize="int8", end_to_end=True, input_size=(128, 128),
+                     calibration_images=calibration_paths)
+    assert not out.exists()
+
+
+def test_decoding_in_int8_finds_fixed_range_ops_and_requantized_decoder_values():
+    """The detector on a small hand-built graph: a network conv, then a 'decoder' layer whose
+    sigmoid the quantizer puts in int8 (no calibration range needed for LOGISTIC)."""
+    import keras
+    import tensorflow as tf
+
+    from kerapose.export.int8 import decoding_in_int8
+
+    class Decode(keras.layers.Layer):
+        def call(self, x):
+            return tf.sigmoid(tf.reshape(x, (-1, 16 * 16 * 2)))
+
+    inp = keras.Input((16, 16, 3), batch_size=1)
+    net = keras.layers.Conv2D(2, 3, padding="same", name="net")(inp)
+    m = keras.Model(inp, Decode(name="decode")(net))
+    conv = tf.lite.TFLiteConverter.from_keras_model(m)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([np.random.default_rng(i).random((1, 16, 16, 3), np.float32)]
+                                           for i in range(4))
+    quantized = conv.convert()
+    found = decoding_in_int8(quantized, ["decode"])
+    assert found and all("decode" in name for name in found), found
+    assert decoding_in_int8(quantized, ["elsewhere"]) == []

