@@ -17,3 +17,16 @@ def median_ms(fn, runs: int, warmup: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
+
+
+def interleaved_ms(fns: dict, runs: int, warmup: int = 2) -> dict:
+    """Median wall time (ms) of each callable over ``runs`` rounds, the callables taking turns in
+    each round, so that a change of load on the shared machine reaches every row alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            times[name].append(median_ms(fn, 1, warmup=0))
+    return {name: float(np.median(t)) for name, t in times.items()}

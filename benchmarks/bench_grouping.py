@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import time
 
 import numpy as np
 

@@ -27,14 +27,14 @@ import json
 import os
 import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
 
-from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _peers import find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import median_ms  # noqa: E402
 from kerapose.codecs.grouping import group_people
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import paf_group_tf
@@ -43,15 +43,6 @@ from kerapose.skeleton import OPENPOSE18
 FIXTURE = "data/tfpose-outputs/coco-mini-val2017.npz"
 SETTINGS = {"peak_threshold": 0.05, "min_sample_fraction": 0.7, "min_person_score": 0.3}
 MAX_PEAKS, MAX_PEOPLE = 20, 20
-
-
-def find_fixture() -> Path:
-    env = os.environ.get("KERAPOSE_SHARED")
-    roots = [Path(env)] if env else [p / "shared" for p in Path(__file__).resolve().parents]
-    for root in roots:
-        if (root / FIXTURE).is_file():
-            return root / FIXTURE
-    raise SystemExit(f"{FIXTURE} not found under ../shared; set KERAPOSE_SHARED")
 
 
 def main() -> None:
@@ -63,7 +54,7 @@ def main() -> None:
     if args.runs < 5:
         parser.error("--runs must be >= 5")
 
-    data = np.load(find_fixture())
+    data = np.load(find_shared(FIXTURE))
     images = []
     for image_id in data["ids"]:
         out = data[f"out_{image_id}"].astype(np.float32)

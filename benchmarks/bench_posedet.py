@@ -38,7 +38,6 @@ import json
 import os
 import platform
 import tempfile
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -47,37 +46,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _peers import MoveNet, find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import interleaved_ms  # noqa: E402
 from kerapose.info import model_info
 from kerapose.models.registry import build_model
 
 KERAS_MODELS = ("posedet-r50", "multiposenet-r50", "ftn")
 TFLITE_SIZES = ((256, 256), (256, 384))
 LIGHT = "posedet-mnv2"
-MOVENET = "peers/movenet-multipose-lightning/movenet_multipose_lightning_fp16_{h}x{w}.tflite"
 IMAGES = "data/coco-mini/val2017"
-
-
-def find_shared(rel: str) -> Path:
-    env = os.environ.get("KERAPOSE_SHARED")
-    roots = [Path(env)] if env else [p / "shared" for p in Path(__file__).resolve().parents]
-    for root in roots:
-        if (root / rel).exists():
-            return root / rel
-    raise SystemExit(f"{rel} not found under ../shared; set KERAPOSE_SHARED")
-
-
-def interleaved_ms(fns: dict, runs: int, warmup: int = 2) -> dict:
-    """Median wall time (ms) of each callable over ``runs`` rounds, the callables taking turns in
-    each round, so that a change of load on the shared machine reaches every row alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            times[name].append(median_ms(fn, 1, warmup=0))
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def keras_callables(name: str, size: tuple[int, int], image: np.ndarray) -> tuple[dict, dict]:
@@ -112,8 +89,6 @@ def bench_keras(names, size: tuple[int, int], image: np.ndarray, runs: int) -> d
 
 
 def bench_tflite(size: tuple[int, int], frame: np.ndarray, runs: int, threads: int, workdir: str) -> dict:
-    from ai_edge_litert.interpreter import Interpreter
-
     from kerapose.export import TFLiteRunner, export_model
 
     keras.utils.set_random_seed(0)
@@ -121,26 +96,17 @@ def bench_tflite(size: tuple[int, int], frame: np.ndarray, runs: int, threads: i
     tag = f"{size[0]}x{size[1]}"
     sm = export_model(model, "savedmodel", os.path.join(workdir, f"e2e_{tag}"), end_to_end=True, input_size=size)
     fns, sizes = {}, {}
-    for quantize in ("none", "fp16", "dynamic"):
-        path = export_model(sm, "tflite", os.path.join(workdir, f"e2e_{tag}_{quantize}.tflite"), quantize=quantize)
+    for quantize in ("none", "fp16", "dynamic"):  # dynamic is checked against float32 on real images
+        path = export_model(sm, "tflite", os.path.join(workdir, f"e2e_{tag}_{quantize}.tflite"), quantize=quantize,
+                            calibration_images=[frame] if quantize == "dynamic" else None)
         runner = TFLiteRunner(path, num_threads=threads)
         label = f"end to end {'fp32' if quantize == 'none' else quantize}"
         fns[label] = lambda runner=runner: runner(image=frame[None])
         sizes[label] = os.path.getsize(path)
-    movenet_path = str(find_shared(MOVENET.format(h=size[0], w=size[1])))
-    movenet = Interpreter(model_path=movenet_path, num_threads=threads)
-    movenet.allocate_tensors()
-    inp = movenet.get_input_details()[0]
-    out_index = movenet.get_output_details()[0]["index"]
+    movenet = MoveNet(size, threads)
     frame_i32 = frame[None].astype(np.int32)
-
-    def run_movenet():
-        movenet.set_tensor(inp["index"], frame_i32)
-        movenet.invoke()
-        return movenet.get_tensor(out_index)
-
-    fns["MoveNet MultiPose Lightning"] = run_movenet
-    sizes["MoveNet MultiPose Lightning"] = os.path.getsize(movenet_path)
+    fns["MoveNet MultiPose Lightning"] = lambda: movenet.invoke(frame_i32)
+    sizes["MoveNet MultiPose Lightning"] = os.path.getsize(movenet.path)
     times = interleaved_ms(fns, runs, warmup=3)
     base = times["MoveNet MultiPose Lightning"]
     return {label: {"ms": ms, "vs_movenet": ms / base, "bytes": sizes[label]} for label, ms in times.items()}
@@ -164,11 +130,12 @@ def export_accuracy(path: str, ids: list[int], size: tuple[int, int] | None, wor
     sm = export_model(model, "savedmodel", os.path.join(workdir, "trained_sm"), end_to_end=True, input_size=size,
                       **settings)
     predictors = {"keras": PosePredictor.load(path, input_size=size, **settings)}
+    calibration = [ds.record(i).path for i in ds.image_ids if i not in ids][:16]
     for quantize in ("none", "fp16", "dynamic"):
-        lite = export_model(sm, "tflite", os.path.join(workdir, f"trained_{quantize}.tflite"), quantize=quantize)
+        lite = export_model(sm, "tflite", os.path.join(workdir, f"trained_{quantize}.tflite"), quantize=quantize,
+                            calibration_images=calibration if quantize == "dynamic" else None)
         predictors[f"tflite {'fp32' if quantize == 'none' else quantize} end to end"] = PosePredictor.load(
             lite, score_threshold=settings["score_threshold"])
-    calibration = [ds.record(i).path for i in ds.image_ids if i not in ids][:16]
     raw = TFLiteRunner(export_model(model, "tflite", os.path.join(workdir, "trained_int8.tflite"), quantize="int8",
                                     input_size=size, calibration_images=calibration))
     box = Letterbox(size)

@@ -24,7 +24,7 @@ images):
 TFLite: the end-to-end graph (letterbox + network + grouping, uint8 image in, people out) and
 the raw network, exported with ``kerapose.export`` (fp32, builtin ops) at 256x256 and 256x384,
 run with ai-edge-litert on ``--threads`` threads (default 2), beside MoveNet MultiPose Lightning
-on the same kind of machine (the issue: 28 ms at 256x256, 38 ms at 256x384, 2 threads).
+in the same process (its LiteRT files in ``shared/peers``), same images and threads.
 
 The machine is shared (2 cores): the load average before and after goes into the JSON.
 
@@ -40,7 +40,6 @@ import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,7 +48,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _peers import MoveNet, find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import interleaved_ms, median_ms  # noqa: E402
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import PafGrouping
 from kerapose.models.paf.end_to_end import PafFrame
@@ -59,17 +59,7 @@ GRAPH = "weights/tfpose-mobilenet-v2-small/graph_opt.pb"
 IMAGES = "data/coco-mini/val2017"
 SETTINGS = (("native", None), ("368x432", (368, 432)))
 TFLITE_SIZES = ((256, 256), (256, 384))
-MOVENET_MS = {"256x256": 28.0, "256x384": 38.0}  # MoveNet MultiPose Lightning, 2 threads (issue 8)
 MAX_PEAKS, MAX_PEOPLE = 20, 20
-
-
-def find_shared(rel: str) -> Path:
-    env = os.environ.get("KERAPOSE_SHARED")
-    roots = [Path(env)] if env else [p / "shared" for p in Path(__file__).resolve().parents]
-    for root in roots:
-        if (root / rel).exists():
-            return root / rel
-    raise SystemExit(f"{rel} not found under ../shared; set KERAPOSE_SHARED")
 
 
 def _mean(values: list[float]) -> float:
@@ -141,7 +131,12 @@ def bench_tflite(model, images: list[np.ndarray], size, runs: int, threads: int,
     net = TFLiteRunner(net_path, num_threads=threads)
     x = np.zeros((1, *size, 3), np.float32)
     out["network_ms"] = median_ms(lambda: net(image=x), runs)
-    out["end_to_end_ms"] = _mean([median_ms(lambda img=img: e2e(image=img[None]), runs) for img in images])
+    movenet = MoveNet(size, threads)
+    rows = [interleaved_ms({"e2e": lambda img=img: e2e(image=img[None]),
+                            "movenet": lambda img=img: movenet.invoke(movenet.frame(img)[0])}, runs)
+            for img in images]  # MoveNet's time includes its letterbox, as the end-to-end graph's does
+    out["end_to_end_ms"] = _mean([r["e2e"] for r in rows])
+    out["movenet_ms"] = _mean([r["movenet"] for r in rows])
     out["e2e_bytes"] = os.path.getsize(e2e_path)
     return out
 
@@ -197,7 +192,7 @@ def main() -> None:
               f"MoveNet MultiPose Lightning ms |")
         print("|---|---:|---:|---:|")
         for label, r in tflite.items():
-            print(f"| {label} | {r['network_ms']:.1f} | {r['end_to_end_ms']:.1f} | {MOVENET_MS[label]:.0f} |")
+            print(f"| {label} | {r['network_ms']:.1f} | {r['end_to_end_ms']:.1f} | {r['movenet_ms']:.1f} |")
 
     result = {
         "benchmark": "tfpose",
@@ -211,7 +206,6 @@ def main() -> None:
         "settings": results,
         "tflite": tflite,
         "tflite_threads": args.threads,
-        "movenet_multipose_lightning_ms": MOVENET_MS,
         "machine": {"python": platform.python_version(), "node": platform.node(), "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__, "numpy": np.__version__,
                     "load_avg_before": list(load_before), "load_avg_after": list(load_after)},

@@ -158,14 +158,14 @@ IMAGE = 535506
 @pytest.fixture(scope="module")
 def overfit(coco_mini_root, tmp_path_factory) -> dict:
     """A shorter run than the recipe's (three portrait images at 256x256 instead of six landscape
-    ones at 256x384, batch 3, 250 steps, the learning rate / 10 for the last 50); the recipe's own
+    ones at 256x384, batch 3, 200 steps, the learning rate / 10 for the last 50); the recipe's own
     figure is in the README (StrongPose)."""
     cfg = load_recipe(str(RECIPES / "strongpose-overfit.yaml"), {"data_root": str(coco_mini_root)})
     assert cfg["model"]["backbone"] == "resnet18"
     cfg["model"]["input_size"] = cfg["evaluate"]["input_size"] = [256, 256]
     cfg["data"]["image_ids"] = OVERFIT_IDS
     cfg["batch_size"] = 3
-    cfg["stages"][0].update(epochs=5, steps_per_epoch=50, lr_steps={"epochs": [4], "factor": 0.1})
+    cfg["stages"][0].update(epochs=4, steps_per_epoch=50, lr_steps={"epochs": [3], "factor": 0.1})
     return train(cfg, str(tmp_path_factory.mktemp("strongpose") / "overfit"), verbose=0)
 
 
