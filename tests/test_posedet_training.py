@@ -12,7 +12,7 @@ IDS = [30752, 37666, 234748]  # one person each, 640 x ~425: the letterbox fills
 
 
 def test_posedet_overfits_a_few_coco_images(coco_mini_root, coco_train, tmp_path):
-    """The overfit recipe, shortened (three one-person images, 150 steps): the untrained model finds
+    """The overfit recipe, shortened (three one-person images, 125 steps): the untrained model finds
     nobody (AP 0), the trained one finds the people again (letterbox -> network -> OKS-NMS ->
     pycocotools). The recipe's own run (six images, ten people, 400 steps) is in the README (PoseDet)."""
     import keras
@@ -25,7 +25,7 @@ def test_posedet_overfits_a_few_coco_images(coco_mini_root, coco_train, tmp_path
     cfg["batch_size"] = 3
     # the positives of the classification and refinement terms appear once the coarse poses reach
     # OKS 0.6 with a person: the candidates loss stays near 1.2 for about 50 steps, then falls
-    cfg["stages"][0].update(epochs=6, steps_per_epoch=25, lr_steps={"epochs": [5], "factor": 0.1})
+    cfg["stages"][0].update(epochs=5, steps_per_epoch=25, lr_steps={"epochs": [4], "factor": 0.1})
     keras.utils.set_random_seed(cfg["seed"])  # the runner builds its model right after seeding the same way
     untrained = evaluate_posedet(RECIPE.build(cfg), coco_train, (128, 192), image_ids=IDS, progress=False,
                                  per_keypoint=False, max_people=10, score_threshold=0.05)
