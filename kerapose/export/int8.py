@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["AGREEMENT_LIMITS", "RELATIVE_RMS_LIMIT", "agreement", "check_agreement", "check_relative_rms",
-           "decoding_in_int8", "first_image_people", "float_layer_names", "layer_name_pattern", "quantize_end_to_end", "relative_rms"]
+           "decoding_in_int8", "first_image_people", "keeps_float_layer_names", "float_layer_names", "layer_name_pattern", "quantize_end_to_end", "relative_rms"]
 
 # an int8 export whose people differ more than this from float32's on its calibration images is
 # reported with a warning: fewer matched people, or a larger mean keypoint error (pixels)
@@ -44,12 +44,16 @@ AGREEMENT_LIMITS = {"matched_fraction": 0.8, "mean_keypoint_error_px": 4.0}
 RELATIVE_RMS_LIMIT = 0.1
 
 
-def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
-    """``(decoding, inner)``: names of the layers of the end-to-end ``model`` that must not be
-    quantized. ``decoding``: its own layers whose class says ``keeps_float = True`` (letterbox,
-    decoder) and its output layers; ``inner``: such layers inside nested models (masks, per-image
-    statistics), whose outputs the int8 network reads again."""
-    decoding: set[str] = set()
+def keeps_float_layer_names(model: keras.Model) -> set[str]:
+    """Names of the layers of ``model`` and of its nested models whose class says
+    ``keeps_float = True`` (what a raw network keeps in float32)."""
+    decoding, inner = _keeps_float(model)
+    return decoding | inner
+
+
+def _keeps_float(model: keras.Model) -> tuple[set[str], set[str]]:
+    """``keeps_float`` layers of ``model`` itself and of its nested models."""
+    own: set[str] = set()
     inner: set[str] = set()
 
     def walk(m: keras.Model, found: set[str]) -> None:
@@ -59,7 +63,16 @@ def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
             elif isinstance(layer, keras.Model):
                 walk(layer, inner)
 
-    walk(model, decoding)
+    walk(model, own)
+    return own, inner
+
+
+def float_layer_names(model: keras.Model) -> tuple[set[str], set[str]]:
+    """``(decoding, inner)``: names of the layers of the end-to-end ``model`` that must not be
+    quantized. ``decoding``: its own layers whose class says ``keeps_float = True`` (letterbox,
+    decoder) and its output layers; ``inner``: such layers inside nested models (masks, per-image
+    statistics), whose outputs the int8 network reads again."""
+    decoding, inner = _keeps_float(model)
     for out in keras.tree.flatten(model.outputs):
         history = getattr(out, "_keras_history", None)
         if history is not None:

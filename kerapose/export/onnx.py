@@ -222,9 +222,9 @@ def _export_int8(model, output: str, calibration_images, *, end_to_end: bool, in
     import onnxruntime
 
     from kerapose.export.int8 import (agreement, check_agreement, check_relative_rms, first_image_people, relative_rms,
-                                      float_layer_names)
+                                      float_layer_names, keeps_float_layer_names)
     from kerapose.export.onnx_int8 import (NETWORK_OP_TYPES, QUANT_SETTINGS, classify_nodes, decoder_qdq_leaks,
-                                           keeps_float_layer_names, pre_process, qdq_summary, quantize_static_int8)
+                                           pre_process, qdq_summary, quantize_static_int8)
     from kerapose.export.savedmodel import resolve_input_size, serving_model, write_serving_savedmodel
     from kerapose.export.tflite import load_calibration_images, read_calibration_images
 

@@ -28,7 +28,6 @@ __all__ = [
     "NodeClasses",
     "classify_nodes",
     "decoder_qdq_leaks",
-    "keeps_float_layer_names",
     "pre_process",
     "qdq_summary",
     "quantize_static_int8",
@@ -51,19 +50,6 @@ QUANT_SETTINGS = {"format": "QDQ", "activation_type": "QUInt8", "weight_type": "
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _NETWORK, _FLOAT, _DECODING = "network", "float", "decoding"
-
-
-def keeps_float_layer_names(model) -> set[str]:
-    """Names of the layers of ``model`` and of its nested models whose class says ``keeps_float = True``."""
-    import keras
-
-    found: set[str] = set()
-    for layer in model.layers:
-        if getattr(layer, "keeps_float", False):
-            found.add(layer.name)
-        elif isinstance(layer, keras.Model):
-            found |= keeps_float_layer_names(layer)
-    return found
 
 
 def _subgraphs(node) -> Iterator:
