@@ -6,7 +6,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-__all__ = ["Preprocess", "ResizeTo", "SizeCheck", "Letterbox", "PREPROCESS_MODES"]
+from kerapose import float_math
+
+__all__ = ["Preprocess", "Probabilities", "ResizeTo", "SizeCheck", "Letterbox", "PREPROCESS_MODES"]
 
 # mode -> (flip RGB to BGR, mean (in the flipped order), std); output = (x[, ::-1] - mean) / std
 PREPROCESS_MODES: dict[str, tuple[bool, tuple[float, float, float], tuple[float, float, float]]] = {
@@ -31,6 +33,12 @@ class Preprocess(keras.layers.Layer):
     pixels, and a user never has to know what the weights were trained on.
     """
 
+    # int8 exports keep it float32 and quantize its output for the first convolution. Measured on
+    # the quickstart MultiPoseNet ("caffe": RGB -> BGR): TFLite's int8 REVERSE_V2 took an output
+    # scale of 1.49 from an input of scale 1.0 and copied the bytes, which left the colours
+    # wrong (the layer's RMS error was 67 of 255) and cost 0.07 AP
+    keeps_float = True
+
     def __init__(self, mode: str = "caffe", **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESS_MODES:
@@ -54,6 +62,21 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="kerapose")
+class Probabilities(keras.layers.Layer):
+    """Logits -> sigmoid probabilities at the start of a decoding, float32
+    (:func:`kerapose.float_math.sigmoid`: an int8 export keeps it float, where an int8 LOGISTIC
+    would hand the decoder int8 scores)."""
+
+    keeps_float = True
+
+    def call(self, x):
+        return float_math.sigmoid(ops.cast(x, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
 
 @keras.saving.register_keras_serializable(package="kerapose")

@@ -173,3 +173,23 @@ def test_dynamic_end_to_end_is_checked_against_float32_like_int8(calibration_dir
     broken = (report["matched_fraction"] < AGREEMENT_LIMITS["matched_fraction"]
               or report["mean_keypoint_error_px"] > AGREEMENT_LIMITS["mean_keypoint_error_px"])
     assert any("the dynamic export disagrees with float32" in str(w.message) for w in caught) == broken
+
+
+def test_int8_end_to_end_strongpose_quantizes_its_network_and_keeps_its_decoder_float(calibration_dir, tmp_path):
+    """StrongPose's decoder concatenates network outputs; TFLite's QuantizationDebugger, which the
+    export first went through, quantized the unmodified model once for its own debug copy and
+    failed there ('values and output must have same element type'). The export now calibrates,
+    removes the decoding's ranges and quantizes, and the decoder comes out float32."""
+    import keras
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from kerapose.export import export_model
+    from kerapose.models import StrongPose
+
+    keras.utils.set_random_seed(0)
+    out = export_model(StrongPose("resnet18", backbone_width=0.25), "tflite", str(tmp_path / "sp_int8.tflite"),
+                       quantize="int8", end_to_end=True, input_size=(128, 128), calibration_images=str(calibration_dir))
+    tensors, convs = _tensor_types(out)
+    assert len(convs) > 15 and sum(t == schema.TensorType.INT8 for _, t in convs) >= len(convs) - 4
+    leaked = [n for i, n, t in tensors if t == schema.TensorType.INT8 and (i > 0 or "/decoder" in n)]
+    assert not leaked, leaked[:5]

@@ -19,6 +19,14 @@ fused with the ReLU after it still hands the next convolution an int8 input. Con
 bodies (``while`` loops) only occur in decoders, so every tensor outside the main subgraph
 stays float too.
 
+Three ways the quantizer still reaches into a decoding, each closed here or in the decoders:
+"same scale" ops (reshape, concatenation, slices) between the network's last op and the decoding
+pass their input's int8 scale on, so ranges are removed back to the op that computes the values;
+TensorFlow's own functions name some ops outside the calling layer (NMS's ``cond/...``), so
+unnamed tensors computed from the decoding's count as decoding; LOGISTIC and SOFTMAX get fixed
+int8 output ranges without calibration, so decoders use :mod:`kerapose.float_math` instead.
+:func:`decoding_in_int8` checks the result and the export refuses a file that fails it.
+
 :func:`agreement` compares the int8 export's people with the float32 Keras graph's on the
 calibration images; :func:`check_agreement` prints it and warns past :data:`AGREEMENT_LIMITS`.
 """
@@ -93,6 +101,26 @@ def _belongs(name: str, pattern: re.Pattern | None) -> bool:
     return pattern is not None and bool(parts) and all(pattern.search(p) for p in parts)
 
 
+def _decoding_tensors(graph, pattern: re.Pattern | None) -> set[int]:
+    """Indices of ``graph``'s tensors that the decoding computes: those of its layers (by name), and
+    the unnamed ones computed from them. TensorFlow's own functions name some of their ops outside
+    the calling layer's scope (``non_max_suppression_padded`` gives ``cond/filter_by_score/...``,
+    ``Reshape``), and those names say nothing of where the op belongs."""
+    names = [t.name.decode() for t in graph.tensors or ()]
+    scope = next((n.split("/")[0] for n in names if pattern is not None and pattern.search(n)), None)
+
+    def unnamed_or_decoding(name: str) -> bool:
+        return all(pattern.search(p) or not p.startswith(f"{scope}/") for p in name.split(";") if p)
+
+    found = {t for t, n in enumerate(names) if _belongs(n, pattern)}
+    for op in graph.operators or ():  # TFLite ops are in topological order
+        outputs = list(op.outputs if op.outputs is not None else ())
+        if any(i in found for i in (op.inputs if op.inputs is not None else ())) \
+                and all(unnamed_or_decoding(names[o]) for o in outputs):
+            found.update(outputs)
+    return found
+
+
 def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterable[str]) -> bytes:
     """The calibrated flatbuffer without the ranges of the float-only tensors (see module doc)."""
     from tensorflow.lite.tools import flatbuffer_utils
@@ -102,7 +130,7 @@ def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterabl
     for index, subgraph in enumerate(model.subgraphs):
         outputs = set(subgraph.outputs if index == 0 and subgraph.outputs is not None else ())
         names = [t.name.decode() for t in subgraph.tensors or ()]
-        dec = {t for t, n in enumerate(names) if index > 0 or t in outputs or _belongs(n, dec_pattern)}
+        dec = set(range(len(names))) if index > 0 else outputs | _decoding_tensors(subgraph, dec_pattern)
         floats = dec | {t for t, n in enumerate(names) if _belongs(n, inner_pattern)}
         ops = [(list(op.inputs if op.inputs is not None else ()), set(op.outputs if op.outputs is not None else ()))
                for op in subgraph.operators or ()]
@@ -116,50 +144,74 @@ def _strip_statistics(calibrated: bytes, decoding: Iterable[str], inner: Iterabl
             for i in ins:
                 readers.setdefault(i, []).append(outs)
         to_decoder = {t for t, outs in readers.items() if t not in floats and all(o <= dec for o in outs)}
+        to_decoder |= _same_scale_sources(model, subgraph, to_decoder | dec, readers)
         for t in (floats - boundary) | to_decoder:
             tensor = subgraph.tensors[t]
             tensor.quantization = None
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def _same_scale_sources(model, subgraph, stripped: set[int], readers: dict[int, list[set[int]]]) -> set[int]:
+    """Inputs of the ops that carry one int8 scale from input to output (reshape, concatenation,
+    slices, resizes, padding...) whose outputs lose their ranges, walked back to the op that
+    computes the values: the quantizer gives such an op its inputs' scale whether or not its output
+    has a range, and carries it on into the decoding. Measured on the quickstart MultiPoseNet: its person logits
+    leave the network through per-level reshapes and a concatenation, and the decoder's slice,
+    sigmoid, top-k and the PRN's softmax ran in int8 (AP 0.516 -> 0.000)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    ops = schema.BuiltinOperator
+    same_scale = {ops.RESHAPE, ops.CONCATENATION, ops.SQUEEZE, ops.EXPAND_DIMS, ops.TRANSPOSE, ops.STRIDED_SLICE,
+                  ops.SLICE, ops.GATHER, ops.PACK, ops.UNPACK, ops.SPLIT, ops.SPLIT_V, ops.PAD, ops.PADV2,
+                  ops.RESIZE_BILINEAR, ops.RESIZE_NEAREST_NEIGHBOR, ops.MAX_POOL_2D, ops.DEPTH_TO_SPACE}
+    producer = {}
+    for op in subgraph.operators or ():
+        code = model.operatorCodes[op.opcodeIndex]
+        for o in op.outputs if op.outputs is not None else ():
+            producer[o] = (max(code.builtinCode, code.deprecatedBuiltinCode), op)
+    found: set[int] = set()
+    todo = list(stripped)
+    while todo:
+        kind, op = producer.get(todo.pop(), (None, None))
+        if kind not in same_scale:
+            continue
+        for i in op.inputs if op.inputs is not None else ():
+            tensor = subgraph.tensors[i] if i >= 0 else None
+            if tensor is None or tensor.type != 0 or i in found | stripped or i not in producer:  # 0: FLOAT32
+                continue
+            # a SHAPE op reading it does not count: its int32 output has no scale
+            if all(outs <= found | stripped or all(subgraph.tensors[o].type != 0 for o in outs)
+                   for outs in readers.get(i, ())):
+                found.add(i)
+                todo.append(i)
+    return found
+
+
 def decoding_in_int8(quantized: bytes, decoding: Iterable[str]) -> list[str]:
     """Names of the decoding's values that the quantized model computes in int8 although the
-    decoding is float32: outputs of int8 LOGISTIC / SOFTMAX / TANH (fixed-range int8 kernels that
-    the quantizer uses without calibration ranges) and QUANTIZE ops that take a float value computed
-    from the network's outputs back to int8 (not the letterboxed image quantized for the network).
+    decoding is float32: every int8 tensor that the decoding computes from the network's outputs
+    (not the letterboxed image quantized for the network), and every int8 tensor of a loop body.
 
-    Measured on the quickstart MultiPoseNet: its person logits and boxes reach the decoder through
-    concatenations, which take their int8 scale from their inputs, so the decoder's sigmoid, top-k,
-    box gathers and the PRN's softmax ran in int8; the softmax of 2,016 bins quantized with a step
-    of 1/256 put every keypoint at its crop's corner (AP 0.516 -> 0.000)."""
+    What it caught: the quickstart MultiPoseNet's decoder sigmoid, top-k and the PRN's softmax in
+    int8 (AP 0.516 -> 0.000), and StrongPose's offsets gathered in int8 after a resize passed the
+    network's scale on."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    pattern = layer_name_pattern(decoding)
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
     graph = model.subgraphs[0]
-    fixed_range = {schema.BuiltinOperator.LOGISTIC, schema.BuiltinOperator.SOFTMAX, schema.BuiltinOperator.TANH}
-    ops = list(graph.operators or ())
+    dec = _decoding_tensors(graph, layer_name_pattern(decoding))
     after_network: set[int] = set()  # tensors computed from the network's (TFLite ops are in topological order)
-    for op in ops:
-        inputs = [i for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
-        network_op = not all(_belongs(graph.tensors[o].name.decode(), pattern) for o in op.outputs)
-        if network_op or any(i in after_network for i in inputs):
-            after_network |= set(op.outputs)
     found = []
-    for op in ops:
-        code = model.operatorCodes[op.opcodeIndex]
-        kind = max(code.builtinCode, code.deprecatedBuiltinCode)
-        out = graph.tensors[op.outputs[0]]
-        name = out.name.decode()
-        if out.type != schema.TensorType.INT8 or not _belongs(name, pattern):
-            continue
-        source = graph.tensors[op.inputs[0]] if op.inputs is not None and len(op.inputs) else None
-        if kind in fixed_range or (kind == schema.BuiltinOperator.QUANTIZE and source is not None
-                                   and source.type == schema.TensorType.FLOAT32
-                                   and _belongs(source.name.decode(), pattern)
-                                   and op.inputs[0] in after_network):
-            found.append(name)
+    for op in graph.operators or ():
+        inputs = [i for i in (op.inputs if op.inputs is not None else ()) if i >= 0]
+        outputs = list(op.outputs if op.outputs is not None else ())
+        if not set(outputs) <= dec or any(i in after_network for i in inputs):
+            after_network.update(outputs)
+        found += [graph.tensors[o].name.decode() for o in outputs
+                  if o in dec and o in after_network and graph.tensors[o].type == schema.TensorType.INT8]
+    for body in model.subgraphs[1:]:
+        found += [t.name.decode() for t in body.tensors or () if t.type == schema.TensorType.INT8]
     return found
 
 
@@ -177,14 +229,16 @@ def quantize_end_to_end(saved_model_dir: str, signature_key: str, calibration: l
             yield {"image": image[None]}
 
     conv.representative_dataset = representative
-    # The debugger is TFLite's public way to quantize a calibrated model with options; its
-    # numeric-verify model is built once and not used.
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=lambda: iter(()))
-    debugger.calibrated_model = _strip_statistics(debugger.calibrated_model, *float_layers)
+    # Calibrate, remove ranges, quantize: the two steps QuantizationDebugger runs, without its
+    # constructor's extra quantization of the unmodified model for a numeric-verify copy (which
+    # failed on StrongPose's decoder concatenation before any range could be removed).
+    conv._experimental_calibrate_only = True
+    calibrated = _strip_statistics(conv.convert(), *float_layers)
     try:
-        quantized = debugger.get_nondebug_quantized_model()
+        from tensorflow.lite.python.convert import mlir_quantize
+
+        quantized = mlir_quantize(calibrated)
     except Exception as e:  # the MLIR quantizer's own error text is on stderr
-        # measured: StrongPose's decoder concatenates an int8 and a float tensor
         raise RuntimeError(f"int8 end-to-end quantization failed ({type(e).__name__}; the quantizer's message "
                            f"is above). Export the raw network with --raw --quantize int8 and decode outside, "
                            f"or use --quantize fp16 / dynamic end to end") from e

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from kerapose import float_math
+
 __all__ = ["SpatialSoftmax", "pose_residual_network", "PRN_INPUT_HW"]
 
 PRN_INPUT_HW = (56, 36)  # height x width of the RoI the paper uses
@@ -21,7 +23,7 @@ class SpatialSoftmax(keras.layers.Layer):
     def call(self, x):
         shape = ops.shape(x)
         flat = ops.reshape(x, (shape[0], shape[1] * shape[2], shape[3]))
-        return ops.reshape(ops.softmax(flat, axis=1), shape)
+        return ops.reshape(float_math.softmax(flat, axis=1), shape)  # float32 in int8 exports
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -62,11 +62,16 @@ class MultiPoseNetDecoder(keras.layers.Layer):
             person_logits, person_boxes, self.input_size, max_detections=m,
             score_threshold=self.score_threshold, iou_threshold=self.iou_threshold)
         batch = tf.shape(boxes)[0]
-        flat_boxes = tf.reshape(boxes, [-1, 4])
-        box_idx = tf.repeat(tf.range(batch), m)
+        # the PRN (two large dense layers: 8.8 M weights each in the quickstart model) runs on the
+        # people found, not on all M slots:
+        # n = the most people of any image of the batch, at least 1 (no zero-sized tensors)
+        n = tf.maximum(tf.reduce_max(num), 1)
+        flat_boxes = tf.reshape(boxes[:, :n], [-1, 4])
+        box_idx = tf.repeat(tf.range(batch), n)
         crops = self.prn_codec.crop_tf(heatmaps[..., :k], flat_boxes, KEYPOINT_STRIDE, box_indices=box_idx)
         kp = self.prn_codec.decode_tf(self.prn(crops, training=False), flat_boxes)
-        kp = tf.reshape(kp, [batch, m, k, 3])
+        kp = tf.reshape(tf.pad(tf.reshape(kp, [batch, n, k, 3]), [[0, 0], [0, m - n], [0, 0], [0, 0]]),
+                        [batch, m, k, 3])
         valid = tf.sequence_mask(num, m, dtype=tf.float32)  # [B, M]
         inv = (1.0 / scale)[:, None]
         kp_xy = kp[..., :2] * inv[..., None, None] * valid[..., None, None]

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerapose import float_math
 from kerapose.codecs.posedet import DEFAULT_OKS_NMS_THRESHOLD, MIN_NMS_AREA
 from kerapose.layers import Letterbox
 from kerapose.skeleton import get_keypoint_set
@@ -143,7 +144,7 @@ class PoseDetDecoder(keras.layers.Layer):
             raise ValueError("PoseDetDecoder: the number of candidates must be static (a fixed network input size)")
         k = min(self.pre_nms_top_k, int(num))
         m = min(self.max_people, k)
-        scores = tf.sigmoid(tf.cast(tf.reshape(logits, [tf.shape(logits)[0], -1]), tf.float32))  # [B, A]
+        scores = float_math.sigmoid(tf.cast(tf.reshape(logits, [tf.shape(logits)[0], -1]), tf.float32))  # [B, A]
         top, idx = tf.math.top_k(scores, k=k)  # best first; ties: lower index first
         xy = tf.gather(poses, idx, batch_dims=1)  # [B, k, K, 2]
         valid = tf.cast(top > self.score_threshold, tf.float32)

@@ -137,7 +137,7 @@ class StrongPose(keras.Model):
         default to the model codec's when None. They are named one by one (no ``**kwargs``) so
         that exporters pass this method only the settings it takes.
         """
-        from kerapose.layers import Letterbox
+        from kerapose.layers import Letterbox, Probabilities
         from kerapose.models.strongpose.decoder import StrongPoseDecoder
 
         settings = _decoder_settings(nms_radius=nms_radius, peak_threshold=peak_threshold, max_seeds=max_seeds,
@@ -154,7 +154,7 @@ class StrongPose(keras.Model):
         # float32 whatever the global policy: decoding under mixed_float16 would lose pixel precision
         resized, scale = Letterbox((h, w), name="letterbox", dtype="float32")(image)
         out = self(resized)
-        heat = keras.layers.Activation("sigmoid", name="heatmap_probabilities", dtype="float32")(out["heatmaps"])
+        heat = Probabilities(name="heatmap_probabilities", dtype="float32")(out["heatmaps"])
         codec = self.codec.get_config()
         decoder = StrongPoseDecoder(max_people=max_people, **{**codec, "score_threshold": score_threshold,
                                                              **settings}, name="decoder", dtype="float32")
