@@ -24,7 +24,9 @@ on coco-mini val2017 at that size (MoveNet: its people scoring >= 0.1, mapped ba
 same letterbox).
 
 Usage: ``python benchmarks/bench_precision.py [--quickstart RUN] [--runs 20] [--calibration 30]
-[--threads 2] [--no-movenet] [--out benchmarks/results/precision.json]``
+[--threads 2] [--no-movenet] [--no-tfpose] [--keep] [--out benchmarks/results/precision.json]``
+(``--keep``: the networks this run skips stay in ``--out`` as measured before, listed under
+``earlier`` with that run's machine).
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ def main() -> None:
     parser.add_argument("--no-movenet", action="store_true")
     parser.add_argument("--no-tfpose", action="store_true")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "precision.json"))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the networks of an existing --out that this run skips (marked as earlier)")
     args = parser.parse_args()
     if args.runs < 3 or args.calibration < 1:
         parser.error("--runs must be >= 3 and --calibration >= 1")
@@ -221,6 +225,13 @@ def main() -> None:
                     "tensorflow": tf.__version__, "numpy": np.__version__,
                     "load_avg_before": list(load_before), "load_avg_after": list(load_after)},
     }
+    if args.keep and os.path.isfile(args.out):
+        with open(args.out) as f:
+            earlier = json.load(f)
+        kept = [k for k in earlier["results"] if k not in results]
+        results.update({k: earlier["results"][k] for k in kept})
+        if kept:
+            result["earlier"] = {"results": kept, "machine": earlier.get("earlier", {}).get("machine", earlier["machine"])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
