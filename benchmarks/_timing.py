@@ -1,7 +1,10 @@
-"""Shared timing helper of the benchmark scripts (run as `python benchmarks/bench_x.py`)."""
+"""Shared helpers of the benchmark scripts (run as `python benchmarks/bench_x.py`): timing and
+writing the results JSON."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import numpy as np
@@ -30,3 +33,13 @@ def interleaved_ms(fns: dict, runs: int, warmup: int = 2) -> dict:
         for name, fn in fns.items():
             times[name].append(median_ms(fn, 1, warmup=0))
     return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def write_json(path: str, result: dict, indent: int = 2) -> None:
+    """Write ``result`` to ``path`` (folders created; through a temporary file, so an interrupted run
+    leaves the previous results whole) and say so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=indent)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")

@@ -22,7 +22,6 @@ Usage: ``python benchmarks/bench_codecs.py [--runs 20] [--out benchmarks/results
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 from pathlib import Path
@@ -32,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from _timing import median_ms as _median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import median_ms as _median_ms, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.heatmap import HeatmapCodec
 from kerapose.codecs.prn import PRNCodec
 from kerapose.codecs.segmentation import SegmentationCodec
@@ -168,12 +167,7 @@ def main() -> None:
         "rows": rows,
         "segmentation_ms_per_image": seg,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ Usage: ``python benchmarks/bench_grouping.py [--runs 50] [--out benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 
 import numpy as np
 
-from _timing import median_ms as _median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import median_ms as _median_ms, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.grouping import group_people
 from kerapose.codecs.paf import PafCodec
 
@@ -103,10 +102,7 @@ def main() -> None:
         "paper_ms": {"2": 0.2, "10": 0.6},
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

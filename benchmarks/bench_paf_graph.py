@@ -23,7 +23,6 @@ Usage: ``python benchmarks/bench_paf_graph.py [--runs 10] [--out benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -34,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from _peers import find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from _timing import median_ms  # noqa: E402
+from _timing import median_ms, write_json  # noqa: E402
 from kerapose.codecs.grouping import group_people
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import paf_group_tf
@@ -150,10 +149,7 @@ def main() -> None:
                     "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ Usage: ``python benchmarks/bench_posedet.py [--runs 5] [--size 512 512] [--threa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -47,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from _peers import MoveNet, find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from _timing import interleaved_ms  # noqa: E402
+from _timing import interleaved_ms, write_json  # noqa: E402
 from kerapose.info import model_info
 from kerapose.models.registry import build_model
 
@@ -245,10 +244,7 @@ def main() -> None:
                     "tensorflow": tf.__version__, "numpy": np.__version__,
                     "load_avg_before": list(load_before), "load_avg_after": list(load_after)},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from _peers import MOVENET_SIZES, MoveNet, find_shared  # noqa: E402  (benchmarks/ is on sys.path as a script)
-from _timing import interleaved_ms  # noqa: E402
+from _timing import interleaved_ms, write_json  # noqa: E402
 
 PRECISIONS = (("tflite", "none"), ("tflite", "fp16"), ("tflite", "dynamic"), ("tflite", "int8"),
               ("onnx", "none"), ("onnx", "int8"))
@@ -232,10 +232,8 @@ def main() -> None:
         results.update({k: earlier["results"][k] for k in kept})
         if kept:
             result["earlier"] = {"results": kept, "machine": earlier.get("earlier", {}).get("machine", earlier["machine"])}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"\nwrote {args.out}")
+    print()
+    write_json(args.out, result, indent=1)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Usage: ``python benchmarks/bench_tfpose.py [--runs 10] [--images 8] [--threads 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -49,7 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from _peers import MoveNet, find_shared  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from _timing import interleaved_ms, median_ms  # noqa: E402
+from _timing import interleaved_ms, median_ms, write_json  # noqa: E402
 from kerapose.codecs.paf import PafCodec
 from kerapose.codecs.paf_graph import PafGrouping
 from kerapose.models.paf.end_to_end import PafFrame
@@ -210,10 +209,7 @@ def main() -> None:
                     "tensorflow": tf.__version__, "numpy": np.__version__,
                     "load_avg_before": list(load_before), "load_avg_after": list(load_after)},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

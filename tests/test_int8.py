@@ -52,15 +52,8 @@ def test_agreement_matches_people_one_to_one_and_measures_their_pixel_error(caps
 
 
 @pytest.fixture(scope="module")
-def int8_export(calibration_dir, tmp_path_factory):
-    work, calib = tmp_path_factory.mktemp("int8_export"), calibration_dir
-    out = str(work / "tfpose_int8.tflite")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rc = main(["export", "--model", NAME, "--format", "tflite", "--quantize", "int8", "--calibration-data",
-                   str(calib), "--input-size", *SIZE, "--output", out])
-    assert rc == 0
-    return out, [str(w.message) for w in caught if "int8 export disagrees" in str(w.message)]
+def int8_export(tfpose_int8_export):
+    return tfpose_int8_export("tflite", NAME, SIZE)
 
 
 def _tensor_types(path: str) -> tuple[list[tuple[int, str, int]], list[tuple[str, int]]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 
 import numpy as np
 import pytest
@@ -24,15 +23,8 @@ QDQ = ("QuantizeLinear", "DequantizeLinear")
 
 
 @pytest.fixture(scope="module")
-def onnx_int8(calibration_dir, tmp_path_factory):
-    work, calib = tmp_path_factory.mktemp("onnx_int8"), calibration_dir
-    out = str(work / "tfpose_int8.onnx")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        rc = main(["export", "--model", NAME, "--format", "onnx", "--quantize", "int8", "--calibration-data",
-                   str(calib), "--input-size", *SIZE, "--output", out])
-    assert rc == 0
-    return out, [str(w.message) for w in caught if "int8 export disagrees" in str(w.message)]
+def onnx_int8(tfpose_int8_export):
+    return tfpose_int8_export("onnx", NAME, SIZE)
 
 
 @pytest.fixture(scope="module")
