@@ -20,9 +20,12 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "prn_both_gt.py"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("prn_both_gt", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The script imports its sibling helpers (_timing) as it does when run from benchmarks/.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCH.parent))
+        spec = importlib.util.spec_from_file_location("prn_both_gt", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 
