@@ -13,8 +13,9 @@ Every export is the end-to-end graph (uint8 image in, people out) made with ``ke
 API: TFLite none / fp16 / dynamic / int8 and ONNX none / int8. AP: ``kerapose eval``'s path
 (:class:`kerapose.predict.PosePredictor` + pycocotools). Latency: end to end on one image, LiteRT
 or ONNX Runtime on ``--threads`` threads (default 2), the median of ``--runs`` rounds in which
-every export of a network takes a turn (so a change of load reaches all alike); ``x float32`` is
-the ratio to the same format's float32 export measured in the same rounds. dynamic and int8 rows add
+every export of a network in that format takes a turn (so a change of load reaches all alike; the
+formats run apart because ONNX Runtime's spinning threads slow a TFLite run that follows); ``x float32`` is
+the ratio to the same format's float32 export measured in the same rounds. fp16, dynamic and int8 rows add
 the agreement report stored in the file (people of the calibration images matched with float32's).
 
 MoveNet side by side (``--no-movenet`` skips it): tf-pose's float32 and int8 TFLite exports at
@@ -69,7 +70,7 @@ def _export(model, fmt: str, quantize: str, path: str, size, calibration: str, o
     from kerapose.export import export_model, get_format
     from kerapose.export.metadata import read_metadata
 
-    checked = get_format(fmt).needs_calibration(quantize)  # int8, dynamic: checked against float32
+    checked = get_format(fmt).takes_calibration(quantize)  # int8, dynamic, fp16: checked against float32
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -103,7 +104,13 @@ def bench_network(name: str, model, size, dataset, calibration: str, timing_imag
         predictors[key] = PosePredictor.load(path, score_threshold=None, num_threads=args.threads)
         rows[key].update(_ap(predictors[key], dataset, predictors[key].keypoint_set))
         print(f"  {key}: AP {rows[key]['AP']:.3f}", flush=True)
-    times = interleaved_ms({k: (lambda p=p: p(timing_image)) for k, p in predictors.items()}, args.runs)
+    # each format's rows take turns among themselves: ONNX Runtime's threads spin on after a run
+    # and slowed the TFLite run after it (float32 21.4 -> 29.1 ms, int8 15.0 -> 18.5 ms measured,
+    # quickstart), which inflated the TFLite ratios of earlier tables
+    times = {}
+    for fmt in dict.fromkeys(key.split()[0] for key in predictors):
+        times.update(interleaved_ms({k: (lambda p=p: p(timing_image)) for k, p in predictors.items()
+                                     if k.split()[0] == fmt}, args.runs))
     for key, row in rows.items():
         base = f"{key.split()[0]} none"
         row.update(ms=times[key], x_float32=times[base] / times[key], ap_vs_float32=row["AP"] - rows[base]["AP"])

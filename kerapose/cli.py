@@ -116,6 +116,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          "the network alone")
     end_to_end = not args.raw and not isinstance(model, str)  # a SavedModel folder keeps its own signature
     options = {"overwrite": args.overwrite}
+    if args.score_threshold is not None:
+        if not end_to_end:
+            raise ValueError("--score-threshold is fixed in end-to-end exports; a raw network has no decoder "
+                             "(drop --raw, or pass the threshold to the decoding you run)")
+        options["score_threshold"] = args.score_threshold
     if args.version is not None:
         options["version"] = args.version
     path = export_model(model, args.format, args.output, quantize=args.quantize, end_to_end=end_to_end,
@@ -221,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", required=True, choices=[f.name for f in FORMATS])
     ex.add_argument("--quantize", help="; ".join(f"{f.name}: {', '.join(f.quantize)}" for f in FORMATS))
     ex.add_argument("--calibration-data", help="folder of real images: int8 calibrates on them, and int8 and dynamic "
-                    "exports are checked against float32 on them")
+                    "exports (fp16 too, when given) are checked against float32 on them")
     ex.add_argument("--end-to-end", action="store_true",
                     help="uint8 image of any size in, people out, decoding in the graph (the default)")
     ex.add_argument("--raw", action="store_true",
@@ -230,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"),
                     help="network input size (default: the model family's, e.g. 480x480 MultiPoseNet, 368x432 PAF)")
     ex.add_argument("--max-people", type=int, default=20)
+    ex.add_argument("--score-threshold", type=float,
+                    help="end to end: minimum person score, fixed in the export (default: the model's own, as "
+                         "kerapose predict and eval use it)")
     ex.add_argument("--version", type=int, help="SavedModel: write OUTPUT/VERSION (TF Serving layout)")
     ex.add_argument("--overwrite", action="store_true")
     ex.add_argument("--output", required=True)

@@ -84,7 +84,7 @@ class PosePredictor:
     """
 
     def __init__(self, run: Callable[[np.ndarray], dict], keypoint_set: str, source: str, kind: str,
-                 score_threshold: float | None = 0.3):
+                 score_threshold: float | None = None):
         self._run = run
         self.keypoint_set = keypoint_set
         self.source = source
@@ -93,13 +93,14 @@ class PosePredictor:
 
     @classmethod
     def load(cls, model: str, input_size: tuple[int, int] | None = None, max_people: int = 20,
-             score_threshold: float | None = 0.3, num_threads: int = 2) -> "PosePredictor":
+             score_threshold: float | None = None, num_threads: int = 2) -> "PosePredictor":
         """A predictor for ``model``: a built-in name (random weights), a ``.keras`` file, an
         end-to-end SavedModel directory, or an end-to-end ``.tflite`` / ``.onnx`` file.
 
         ``input_size`` (None: the model family's default), ``max_people`` apply to Keras models
         (exports fixed them at export time);
-        ``score_threshold`` applies to all (for exports, on top of the export's own threshold);
+        ``score_threshold`` applies to all (None: the model's own; for exports, on top of the
+        threshold fixed at export);
         ``num_threads`` to the TFLite and ONNX runtimes.
         """
         from kerapose.models.registry import family_named, load_any_model, model_names

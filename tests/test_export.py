@@ -242,8 +242,9 @@ def test_bad_format_and_options_raise_value_errors(tiny, model, workdir, calibra
     with pytest.raises(ValueError, match=r"tflite quantize='dynamic' needs calibration_images .*: real images to "
                                          r"check the export against float32 on$"):
         export_model(tiny, "tflite", out, quantize="dynamic", input_size=(32, 32))
-    with pytest.raises(ValueError, match="calibration_images are not used by tflite quantize='fp16'"):
-        export_model(tiny, "tflite", out, quantize="fp16", calibration_images=calibration_paths)
+    with pytest.raises(ValueError, match="calibration_images are not used by tflite quantize='none'; only by "
+                                         "quantize: dynamic, int8, fp16"):
+        export_model(tiny, "tflite", out, calibration_images=calibration_paths)
     with pytest.raises(ValueError, match=r"does not take option\(s\) version"):
         export_model(tiny, "onnx", out, version=1)
     with pytest.raises(ValueError, match="integer_io=True is for the raw network"):
@@ -261,6 +262,15 @@ def test_bad_format_and_options_raise_value_errors(tiny, model, workdir, calibra
     with pytest.raises(ValueError, match="version must be a non-negative integer"):
         export_model(tiny, "savedmodel", out, version=-1, input_size=(32, 32))
     assert not os.path.exists(out)
+
+
+def test_fp16_without_images_says_it_was_not_checked(tiny, workdir, capsys):
+    from kerapose.export import export_model
+    from kerapose.export.metadata import read_metadata
+
+    path = export_model(tiny, "tflite", str(workdir / "tiny_fp16.tflite"), quantize="fp16", input_size=(32, 32))
+    assert "[kerapose] tflite fp16: not compared with float32 (pass calibration images" in capsys.readouterr().out
+    assert "fp16" not in read_metadata(path)
 
 
 def test_tftrt_reports_missing_tensorrt(raw_savedmodel, workdir):

@@ -186,3 +186,24 @@ def test_int8_end_to_end_strongpose_quantizes_its_network_and_keeps_its_decoder_
     assert len(convs) > 15 and sum(t == schema.TensorType.INT8 for _, t in convs) >= len(convs) - 4
     leaked = [n for i, n, t in tensors if t == schema.TensorType.INT8 and (i > 0 or "/decoder" in n)]
     assert not leaked, leaked[:5]
+
+
+def test_fp16_end_to_end_is_checked_against_float32_when_given_images(calibration_dir, tmp_path, capsys):
+    """fp16 rounds the weights and the decoder's constants: given real images it reports how many
+    of float32's people it keeps, like dynamic and int8 (without them it says it was not checked:
+    test_export.py)."""
+    from kerapose.export.metadata import read_metadata
+
+    out = str(tmp_path / "tfpose_fp16.tflite")
+    assert main(["export", "--model", NAME, "--format", "tflite", "--quantize", "fp16", "--calibration-data",
+                 str(calibration_dir), "--input-size", *SIZE, "--output", out]) == 0
+    printed = capsys.readouterr().out
+    report = read_metadata(out)["fp16"]["calibration_agreement"]
+    print("fp16 end to end vs float32:", json.dumps(report))
+    assert f"fp16 vs float32 on 6 calibration images: {report['matched']} of {report['float32_people']}" in printed
+    assert report["images"] == 6 and report["float32_people"] > 0
+    # the imported network keeps most of float32's people in fp16 (its AP drops 0.025: precision table)
+    assert report["matched_fraction"] >= 0.8 and report["mean_keypoint_error_px"] < 4.0
+    rc = main(["export", "--model", NAME, "--format", "onnx", "--calibration-data", str(calibration_dir),
+               "--input-size", *SIZE, "--output", str(tmp_path / "x.onnx")])
+    assert rc == 2 and "only by quantize: int8" in capsys.readouterr().err

@@ -42,6 +42,8 @@ class ExportFormat:
     options: tuple[str, ...]  # format-specific keyword options, beyond COMMON_OPTIONS
     runtime: str  # what runs the result
     runner: str | None  # the kerapose runner class in `module` for the result (None: none)
+    # quantize options that take real images if given, to check the export against float32 on them
+    optional_calibration: tuple[str, ...] = ()
 
     @property
     def is_directory(self) -> bool:
@@ -73,6 +75,11 @@ class ExportFormat:
     def needs_calibration(self, quantize: str | None = None) -> bool:
         return self.check_quantize(quantize) in self.calibration
 
+    def takes_calibration(self, quantize: str | None = None) -> bool:
+        """Whether ``quantize`` uses calibration images (required or, for the check, optional)."""
+        quantize = self.check_quantize(quantize)
+        return quantize in self.calibration or quantize in self.optional_calibration
+
     def output_path(self, stem: str) -> str:
         """The conventional output name for ``stem`` (``model`` -> ``model.onnx``, ``model`` for dirs)."""
         return stem if self.is_directory or stem.endswith(self.suffix) else stem + self.suffix
@@ -93,7 +100,7 @@ FORMATS: tuple[ExportFormat, ...] = (
         end_to_end_quantize=("none", "fp16", "dynamic", "int8"), calibration=("dynamic", "int8"),
         module="kerapose.export.tflite", function="export_tflite",
         options=("num_calibration", "integer_io"), runtime="LiteRT / ai-edge-litert (builtin ops only)",
-        runner="TFLiteRunner",
+        runner="TFLiteRunner", optional_calibration=("fp16",),
     ),
     ExportFormat(
         name="onnx", suffix=".onnx", quantize=("none", "int8"), end_to_end=True, end_to_end_quantize=("none", "int8"),
@@ -131,6 +138,8 @@ def capability_markdown() -> str:
         writes = "directory" if f.is_directory else f"`*{f.suffix}` file"
         e2e = ("yes: " + ", ".join(f.end_to_end_quantize)) if f.end_to_end else "no"
         calib = ", ".join(f.calibration) or "-"
+        if f.optional_calibration:
+            calib += f" (optional, to check it: {', '.join(f.optional_calibration)})"
         runner = f" (`{f.runner}`)" if f.runner else ""
         rows.append(f"| `{f.name}` | {writes} | {', '.join(f.quantize)} | {e2e} | {calib} | "
                     f"`{f.module}`{runner} | {f.runtime} |")
@@ -177,8 +186,14 @@ def export_model(
                              f"of image paths/arrays): real images to check the export against float32 on"
                              + (", and to calibrate on" if quantize == "int8" else ""))
         options["calibration_images"] = calibration_images
+    elif quantize in spec.optional_calibration:
+        if calibration_images is not None:
+            options["calibration_images"] = calibration_images
+        else:
+            print(f"[kerapose] {spec.name} {quantize}: not compared with float32 (pass calibration images, "
+                  f"--calibration-data DIR, to check how well its people agree)", flush=True)
     elif calibration_images is not None:
-        users = ", ".join(spec.calibration) or "none of its options"
+        users = ", ".join(spec.calibration + spec.optional_calibration) or "none of its options"
         raise ValueError(f"calibration_images are not used by {spec.name} quantize={quantize!r}; "
                          f"only by quantize: {users}")
     return spec.exporter()(model, output, quantize=quantize, end_to_end=end_to_end, input_size=input_size,

@@ -107,7 +107,7 @@ def export_onnx(
     input_size=None,
     calibration_images=None,
     max_people: int = 20,
-    score_threshold: float = 0.3,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     num_calibration: int = 100,
     opset: int = ONNX_OPSET,
@@ -206,7 +206,7 @@ class OnnxRunner:
 
 
 def _export_int8(model, output: str, calibration_images, *, end_to_end: bool, input_size=None,
-                     max_people: int = 20, score_threshold: float = 0.3, iou_threshold: float = 0.5,
+                     max_people: int = 20, score_threshold: float | None = None, iou_threshold: float = 0.5,
                      num_calibration: int = 100, opset: int, overwrite: bool = False) -> str:
     """``export_onnx(..., quantize="int8")``: see :mod:`kerapose.export.onnx_int8`. End to end, the calibration
     images are fed one by one as they are (the graph letterboxes them, as at inference) and the

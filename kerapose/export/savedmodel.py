@@ -98,20 +98,32 @@ def serving_model(
     end_to_end: bool = False,
     input_size=None,
     max_people: int = 20,
-    score_threshold: float = 0.3,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     fmt: str = "savedmodel",
     quantize: str | None = None,
 ) -> tuple[keras.Model, tf.TensorSpec, dict]:
-    """The Keras model to export, the spec of its ``image`` input, and the export's metadata."""
+    """The Keras model to export, the spec of its ``image`` input, and the export's metadata.
+
+    ``score_threshold=None`` keeps the model's own (its ``end_to_end`` default: 0.3 for
+    MultiPoseNet and PoseDet, 0 for StrongPose, the grouping's for the PAF family), so an export
+    finds the people that the Keras model finds; the metadata records the value (null where the
+    default lives in the decoder's settings)."""
     hw = resolve_input_size(model, input_size)
+    if end_to_end and not callable(getattr(model, "end_to_end", None)):
+        raise ValueError(f"end_to_end=True needs a model with an in-graph decoder (an end_to_end method); "
+                         f"{type(model).__name__} has none: export the raw network instead")
+    if score_threshold is None and end_to_end:
+        default = inspect.signature(model.end_to_end).parameters.get("score_threshold")
+        recorded = None if default is None or default.default is inspect.Parameter.empty else default.default
+    else:
+        recorded = score_threshold
     meta = build_metadata(model, end_to_end=end_to_end, input_size=hw, max_people=max_people,
-                          score_threshold=score_threshold, fmt=fmt, quantize=quantize)
+                          score_threshold=recorded, fmt=fmt, quantize=quantize)
     if end_to_end:
-        if not callable(getattr(model, "end_to_end", None)):
-            raise ValueError(f"end_to_end=True needs a model with an in-graph decoder (an end_to_end method); "
-                             f"{type(model).__name__} has none: export the raw network instead")
-        settings = {"max_people": max_people, "score_threshold": score_threshold, "iou_threshold": iou_threshold}
+        settings = {"max_people": max_people, "iou_threshold": iou_threshold}
+        if score_threshold is not None:
+            settings["score_threshold"] = score_threshold
         accepted = inspect.signature(model.end_to_end).parameters
         if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
             settings = {k: v for k, v in settings.items() if k in accepted}  # e.g. no box NMS, no iou_threshold
@@ -246,7 +258,7 @@ def export_savedmodel(
     end_to_end: bool = False,
     input_size=None,
     max_people: int = 20,
-    score_threshold: float = 0.3,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     version: int | None = None,
     overwrite: bool = False,

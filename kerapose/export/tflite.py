@@ -42,6 +42,7 @@ __all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration
 
 TFLITE_QUANTIZE = ("none", "fp16", "dynamic", "int8")
 CHECKED_QUANTIZE = ("dynamic", "int8")  # need real images; checked against float32 on them
+OPTIONALLY_CHECKED_QUANTIZE = ("fp16",)  # checked against float32 when given images
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -132,7 +133,7 @@ def export_tflite(
     input_size=None,
     calibration_images=None,
     max_people: int = 20,
-    score_threshold: float = 0.3,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     num_calibration: int = 100,
     integer_io: bool = False,
@@ -146,8 +147,9 @@ def export_tflite(
         quantize: one of :data:`TFLITE_QUANTIZE` (None = ``"none"``).
         end_to_end: convert ``model.end_to_end(...)``: uint8 image of any size -> poses.
         input_size: network input (H, W) (multiples of the model's stride).
-        calibration_images: for ``dynamic`` and ``int8``: a directory or a list of image paths /
-            RGB uint8 arrays (int8 calibrates on them; both are checked against float32 on them).
+        calibration_images: for ``dynamic`` and ``int8`` (optional for ``fp16``): a directory or a
+            list of image paths / RGB uint8 arrays (int8 calibrates on them; each is checked
+            against float32 on them).
         num_calibration: at most this many calibration images.
         integer_io: with ``int8``, int8 input and outputs instead of float32.
         overwrite: replace an existing file (refused otherwise: FileExistsError).
@@ -162,9 +164,9 @@ def export_tflite(
     if quantize in CHECKED_QUANTIZE and calibration_images is None:
         raise ValueError(f"quantize={quantize!r} needs calibration_images (a directory or a list of image "
                          f"paths/arrays): real images to check the export against float32 on")
-    if quantize not in CHECKED_QUANTIZE and calibration_images is not None:
-        raise ValueError(f"calibration_images are only used with quantize in {CHECKED_QUANTIZE}, got "
-                         f"quantize={quantize!r}")
+    if quantize not in CHECKED_QUANTIZE + OPTIONALLY_CHECKED_QUANTIZE and calibration_images is not None:
+        raise ValueError(f"calibration_images are only used with quantize in "
+                         f"{CHECKED_QUANTIZE + OPTIONALLY_CHECKED_QUANTIZE}, got quantize={quantize!r}")
     if quantize == "int8" and end_to_end:
         if integer_io:
             raise ValueError("integer_io=True is for the raw network; the end-to-end graph takes uint8 images and "
@@ -177,7 +179,7 @@ def export_tflite(
                                        score_threshold=score_threshold, iou_threshold=iou_threshold,
                                        overwrite=overwrite)
     images = calibration = None
-    if quantize in CHECKED_QUANTIZE:  # read the images first: a bad list fails before the slow export
+    if calibration_images is not None:  # read the images first: a bad list fails before the slow export
         images = read_calibration_images(calibration_images, num_calibration)
     if quantize == "int8":
         if isinstance(model, (str, os.PathLike)):
@@ -241,7 +243,7 @@ def _compare_with_float32(saved_model_dir: str, flatbuffer: bytes, quantize: str
 
 
 def _export_int8_end_to_end(model, output: str, images: list[np.ndarray], *, input_size, max_people: int,
-                            score_threshold: float, iou_threshold: float, overwrite: bool) -> str:
+                            score_threshold: float | None, iou_threshold: float, overwrite: bool) -> str:
     """``quantize='int8', end_to_end=True``: see :mod:`kerapose.export.int8`."""
     import tempfile
 

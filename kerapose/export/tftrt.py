@@ -43,7 +43,7 @@ def export_tftrt(
     end_to_end: bool = False,
     input_size=None,
     max_people: int = 20,
-    score_threshold: float = 0.3,
+    score_threshold: float | None = None,
     iou_threshold: float = 0.5,
     overwrite: bool = False,
 ) -> str:
