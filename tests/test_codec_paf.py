@@ -100,7 +100,11 @@ def test_encode_odd_input():
     nan = kp.copy()
     nan[0, 7, 0] = np.nan  # NaN coordinate: limbs through it vanish, nothing else changes
     got = codec.encode(nan, hw)
+    assert base[..., 2 * li: 2 * li + 2].any()
     assert not got[..., 2 * li: 2 * li + 2].any() and np.isfinite(got).all()
+    others = [i for i, limb in enumerate(COCO17.limbs) if 7 not in limb]
+    for i in others:
+        np.testing.assert_array_equal(got[..., 2 * i: 2 * i + 2], base[..., 2 * i: 2 * i + 2])
     unl = kp.copy()
     unl[0, 7, 2] = 0  # unlabelled: same as NaN
     np.testing.assert_array_equal(codec.encode(unl, hw), got)

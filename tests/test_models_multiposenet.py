@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-import kerapose
 from kerapose.backbones.resnet import resnet_backbone
 from kerapose.weights.applications import load_applications_weights, read_h5_weights
 from kerapose.cli import main as cli_main

@@ -10,8 +10,8 @@ from kerapose.heads.prn import PRN_INPUT_HW, pose_residual_network
 from kerapose.heads.retinanet import NUM_ANCHORS, retinanet_head
 from kerapose.layers import SizeCheck
 from kerapose.necks.fpn import feature_pyramid
-from kerapose.models.multiposenet.constants import (KEYPOINT_STRIDE, MULTIPOSENET_BACKBONES, PERSON_LEVELS,
-                                                    POSE_SCORES, SIZE_MULTIPLE, check_pose_score)
+from kerapose.models.multiposenet.constants import (MULTIPOSENET_BACKBONES, PERSON_LEVELS,
+                                                    SIZE_MULTIPLE, check_pose_score)
 from kerapose.models.multiposenet.end_to_end import multiposenet_end_to_end
 from kerapose.models.poses import constructor_kwargs, predict_with_graph
 from kerapose.skeleton import get_keypoint_set

@@ -12,7 +12,7 @@ end (letterbox, network, in-graph OKS-NMS) on the validation split with pycocoto
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 

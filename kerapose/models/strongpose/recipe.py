@@ -15,7 +15,7 @@ in-graph greedy decoder) on the validation split with pycocotools.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
