@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.optimize import linear_sum_assignment
-from test_serving import RunningServer
+from serving_helpers import RunningServer
 
 from kerapose.cli import main
 from kerapose.export.metadata import read_metadata

@@ -3,7 +3,7 @@ error body, never a 5xx, whatever the nesting, size, encoding or types; a real s
 500 with a short message and a logged traceback; and the server keeps serving afterwards.
 
 Two tiny SavedModels: ``pose`` (kerapose's end-to-end signature, uint8 ``image``
-[B, H, W, 3], from tests/test_serving.py) and ``vec`` (float32 ``x`` [B, 3] and int32 ``k``
+[B, H, W, 3], from tests/serving_helpers.py) and ``vec`` (float32 ``x`` [B, 3] and int32 ``k``
 [B] -> ``y = 2 x + k``), so float and integer validation are both exercised.
 """
 
@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import httpx  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from test_serving import RunningServer, export_pose_model, png_bytes  # noqa: E402
+from serving_helpers import RunningServer, export_pose_model, png_bytes  # noqa: E402
 
 from kerapose.serving.models import ModelRepository  # noqa: E402
 from kerapose.serving.server import ServerOptions, create_app  # noqa: E402

@@ -210,7 +210,7 @@ def test_trained_model_exports_end_to_end_and_every_command_runs_it(overfit, coc
     import cv2
 
     import httpx
-    from test_serving import RunningServer
+    from serving_helpers import RunningServer
 
     from kerapose.cli import main
     from kerapose.export.metadata import read_metadata
